@@ -1,0 +1,75 @@
+"""Build and install pystitch; compiles the Cython kernels in pystitch/_core.
+
+``pip install .`` and ``pip install -e .`` both work.  Exact, tested versions
+of every dependency are pinned in requirements/constraints.txt; the ranges
+below are what the code supports.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+
+HERE = Path(__file__).parent
+version: dict = {}
+exec((HERE / "pystitch" / "_version.py").read_text(), version)
+
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
+
+def kernel(name: str, cpp: bool = False) -> Extension:
+    return Extension(
+        f"pystitch._core.{name}",
+        [f"pystitch/_core/{name}.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=NUMPY_MACROS,
+        extra_compile_args=["-O3"] + (["-std=c++17"] if cpp else []),
+        language="c++" if cpp else "c",
+    )
+
+
+EXTENSIONS = [
+    kernel("_lut"),
+    kernel("_unionfind"),
+    kernel("_contingency", cpp=True),
+    kernel("_regions"),
+]
+
+CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut"]
+
+setup(
+    name="pystitch",
+    version=version["__version__"],
+    description="Blockwise segmentation of images larger than memory, stitched exactly into one label image",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pystitch", "pystitch.*"]),
+    package_data={"pystitch._core": ["*.pyx"]},
+    ext_modules=cythonize(
+        EXTENSIONS,
+        compiler_directives={"language_level": 3, "embedsignature": True},
+    ),
+    install_requires=[
+        "numpy>=1.26,<3",
+        "scipy>=1.11",
+        "zarr>=3.0.8,<4",
+        "numcodecs>=0.14",
+        "tifffile>=2025.1.10",
+        "imagecodecs>=2024.1.1",
+        "fire>=0.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "parquet": ["pyarrow>=15"],
+        "cellpose": ["cellpose>=3.1,<5", "torch>=2.1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15"],
+    },
+    entry_points={
+        "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]
+        + ["pystitch=pystitch.cli:main"],
+    },
+    zip_safe=False,
+)
