@@ -1,0 +1,466 @@
+"""Opening input images and the zarr stores pystitch writes.
+
+Inputs: zarr v2 and v3 arrays (a path to an array, or to a group plus an
+array path), OME-Zarr multiscale images (level 0 by default, any level
+selectable, axes and voxel sizes from the metadata) and TIFF / OME-TIFF files,
+read lazily through tifffile's zarr interface.  Whatever the container, an
+:class:`ImageSource` exposes the 2-D or 3-D *spatial* grid and reads regions
+of it as numpy arrays, with the selected channel(s) and time point applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import InputError, InputNotFoundError
+
+log = logging.getLogger(__name__)
+
+SPATIAL_AXES = "zyx"
+#: dtypes an input image may have (label and intensity images alike)
+SUPPORTED_KINDS = {"b": "bool", "u": "unsigned integer", "i": "signed integer", "f": "float"}
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8")
+
+
+def is_url(uri: str) -> bool:
+    return "://" in uri
+
+
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """Make a local path absolute (later steps run in other directories); keep URLs."""
+    uri = os.fspath(uri)
+    return uri if is_url(uri) else str(Path(uri).expanduser().resolve())
+
+
+def _as_channel(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return (int(value),)
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise InputError(f"Expected channel index(es) such as 0 or 0,1. Got {value!r} instead.") from None
+    return tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Where an input image is and which part of it to segment.
+
+    ``channel`` selects one or more indices on the channel axis (several for
+    segmenters that take more than one channel, returned channel-first);
+    ``channel_axis`` names that axis for arrays without axis metadata;
+    ``timepoint`` selects on a time axis; ``level`` picks an OME-Zarr
+    multiscale level or a TIFF pyramid level.
+    """
+
+    uri: str
+    array_path: str | None = None
+    level: int | None = None
+    channel: tuple[int, ...] | None = None
+    channel_axis: int | None = None
+    timepoint: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", absolute_uri(self.uri))
+        object.__setattr__(self, "channel", _as_channel(self.channel))
+        for name in ("level", "channel_axis", "timepoint"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
+                    raise InputError(f"Expected an integer for {name}. Got {value!r} instead.")
+                try:
+                    object.__setattr__(self, name, int(value))
+                except ValueError:
+                    raise InputError(f"Expected an integer for {name}. Got {value!r} instead.") from None
+        if self.level is not None and self.level < 0:
+            raise InputError(f"Expected a level >= 0. Got {self.level} instead.")
+        if self.array_path is not None:
+            object.__setattr__(self, "array_path", str(self.array_path).strip("/") or None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel"] = list(self.channel) if self.channel is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageSpec":
+        return cls(**d)
+
+
+@dataclass
+class ImageSource:
+    """A lazily read input image reduced to its spatial axes.
+
+    ``shape``/``axes`` are spatial only (``"yx"`` or ``"zyx"``);
+    ``n_channels`` is the number of selected channels (``read`` returns
+    ``(C, *spatial)`` when it is more than one).
+    """
+
+    spec: ImageSpec
+    array: Any  # zarr.Array
+    full_axes: str
+    shape: tuple[int, ...]
+    axes: str
+    dtype: np.dtype
+    voxel_size: tuple[float, ...] | None = None
+    unit: str | None = None
+    n_channels: int = 1
+    levels: list[tuple[int, ...]] = field(default_factory=list)
+    _index: tuple = ()
+    _channel_pos: int | None = None
+    _keep: Any = None  # keeps a TiffFile open while the array is used
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def describe(self) -> str:
+        where = self.spec.uri + (f" (array {self.spec.array_path})" if self.spec.array_path else "")
+        return f"{where}: axes {self.full_axes} shape {tuple(self.array.shape)} dtype {self.dtype}"
+
+    def read(self, region: Sequence[slice]) -> np.ndarray:
+        """Read a spatial region (one slice per spatial axis)."""
+        if len(region) != self.ndim:
+            raise InputError(f"Expected {self.ndim} slices for a {self.ndim}-D image. Got {len(region)} instead.")
+        it = iter(region)
+        index = tuple(next(it) if s is None else s for s in self._index)
+        if any(isinstance(s, list) for s in index):
+            data = self.array.oindex[index]
+        else:
+            data = self.array[index]
+        data = np.asarray(data)
+        if self._channel_pos is not None:
+            data = np.moveaxis(data, self._channel_pos, 0)
+        return data
+
+    def close(self) -> None:
+        if self._keep is not None:
+            self._keep.close()
+            self._keep = None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_image(spec: ImageSpec | str, **kwargs: Any) -> ImageSource:
+    """Open an input image.  ``spec`` may be an :class:`ImageSpec` or a path/URI
+    with the other :class:`ImageSpec` fields as keyword arguments."""
+    if not isinstance(spec, ImageSpec):
+        spec = ImageSpec(uri=spec, **kwargs)
+    uri = spec.uri
+    if not is_url(uri) and not Path(uri).exists():
+        raise InputNotFoundError(
+            f"Input image not found: {uri}. Expected a zarr / OME-Zarr store or a TIFF file."
+        )
+    if uri.lower().endswith(TIFF_SUFFIXES):
+        return _open_tiff(spec)
+    return _open_zarr(spec)
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in SUPPORTED_KINDS:
+        raise InputError(
+            f"Expected an image of bool, integer or float values. Got dtype {dtype} instead ({where})."
+        )
+    return dtype
+
+
+def _open_zarr(spec: ImageSpec) -> ImageSource:
+    try:
+        node = zarr.open(store=spec.uri, mode="r")
+    except Exception as exc:  # zarr raises several unrelated types here
+        raise InputError(
+            f"Could not open {spec.uri} as a zarr array or group ({type(exc).__name__}: {exc}). "
+            "Expected a zarr v2/v3 array, a group with --array-path, an OME-Zarr image or a TIFF file."
+        ) from exc
+    if spec.array_path:
+        if not isinstance(node, zarr.Group):
+            raise InputError(
+                f"No array or group {spec.array_path!r} in {spec.uri}: it is a single array. "
+                "Expected --array-path only for a zarr group."
+            )
+        try:
+            node = node[spec.array_path]
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"No array or group {spec.array_path!r} in {spec.uri}.") from exc
+    if isinstance(node, zarr.Group):
+        multiscales = _multiscales(node)
+        if multiscales is None:
+            members = sorted(k for k, _ in node.members(max_depth=None) if isinstance(node[k], zarr.Array))
+            raise InputError(
+                f"{spec.uri} is a zarr group without OME-Zarr multiscales metadata. Expected an array: "
+                f"give the array path (--array-path), one of: {', '.join(members[:10]) or '(no arrays)'}."
+            )
+        return _from_multiscales(spec, node, multiscales)
+    if spec.level not in (None, 0):
+        raise InputError(f"level {spec.level} was requested but {spec.uri} is a single array, not a multiscale image.")
+    axes = _default_axes(node.shape, spec)
+    return _make_source(spec, node, axes, None, None)
+
+
+def _multiscales(group: zarr.Group) -> list | None:
+    attrs = dict(group.attrs)
+    if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 (zarr v3)
+        attrs = attrs["ome"]
+    ms = attrs.get("multiscales")
+    return ms if isinstance(ms, list) and ms else None
+
+
+def _axis_names(ms: dict, ndim: int) -> tuple[str, list[str | None]]:
+    axes = ms.get("axes")
+    if axes is None:  # NGFF 0.1 / 0.2: always 5-D tczyx
+        names = "tczyx"[-ndim:]
+        return names, [None] * ndim
+    names, units = [], []
+    for a in axes:
+        if isinstance(a, dict):
+            names.append(str(a.get("name", "?")).lower()[:1])
+            units.append(a.get("unit"))
+        else:
+            names.append(str(a).lower()[:1])
+            units.append(None)
+    return "".join(names), units
+
+
+def _scale_of(transforms: list | None, ndim: int) -> np.ndarray:
+    scale = np.ones(ndim)
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            scale = scale * np.asarray(t["scale"], dtype=float)
+    return scale
+
+
+def _from_multiscales(spec: ImageSpec, group: zarr.Group, multiscales: list) -> ImageSource:
+    ms = multiscales[0]
+    datasets = ms.get("datasets", [])
+    level = spec.level or 0
+    if not 0 <= level < len(datasets):
+        raise InputError(
+            f"Expected a multiscale level between 0 and {len(datasets) - 1}. Got {level} instead ({spec.uri})."
+        )
+    try:
+        arrays = [group[d["path"]] for d in datasets]
+    except KeyError as exc:
+        raise InputError(f"OME-Zarr metadata of {spec.uri} names a missing dataset: {exc}") from exc
+    array = arrays[level]
+    axes, units = _axis_names(ms, array.ndim)
+    if len(axes) != array.ndim:
+        raise InputError(
+            f"OME-Zarr metadata of {spec.uri} lists {len(axes)} axes ({axes}) but level {level} has "
+            f"{array.ndim} dimensions."
+        )
+    scale = _scale_of(datasets[level].get("coordinateTransformations"), array.ndim)
+    scale = scale * _scale_of(ms.get("coordinateTransformations"), array.ndim)
+    spatial = [i for i, a in enumerate(axes) if a in SPATIAL_AXES]
+    voxel = tuple(float(scale[i]) for i in spatial)
+    unit_set = {units[i] for i in spatial if units[i]}
+    unit = unit_set.pop() if len(unit_set) == 1 else None
+    src = _make_source(spec, array, axes, voxel, unit)
+    src.levels = [tuple(int(a.shape[i]) for i in spatial) for a in arrays]
+    return src
+
+
+def _default_axes(shape: Sequence[int], spec: ImageSpec) -> str:
+    """Axis names for an array without metadata: spatial ``yx``/``zyx`` plus a
+    channel axis when ``channel_axis`` is given."""
+    ndim = len(shape)
+    if spec.channel_axis is not None:
+        ca = spec.channel_axis
+        if not -ndim <= ca < ndim:
+            raise InputError(
+                f"Expected a channel axis between {-ndim} and {ndim - 1} for an array of shape "
+                f"{tuple(shape)}. Got {ca} instead ({spec.uri})."
+            )
+        ca %= ndim
+        n_spatial = ndim - 1
+        if n_spatial not in (2, 3):
+            raise InputError(
+                f"Expected a 2-D or 3-D image plus one channel axis. Got shape {tuple(shape)} "
+                f"with channel axis {ca} instead ({spec.uri})."
+            )
+        spatial = SPATIAL_AXES[-n_spatial:]
+        return spatial[:ca] + "c" + spatial[ca:]
+    if ndim not in (2, 3):
+        raise InputError(
+            f"Expected a 2-D or 3-D image. Got an array of shape {tuple(shape)} instead ({spec.uri}); "
+            "for a multi-channel array give --channel-axis and --channel."
+        )
+    return SPATIAL_AXES[-ndim:]
+
+
+def _make_source(spec: ImageSpec, array: Any, axes: str, voxel: tuple | None, unit: str | None,
+                 keep: Any = None) -> ImageSource:
+    where = f"{spec.uri}" + (f" (array {spec.array_path})" if spec.array_path else "")
+    dtype = _check_dtype(array.dtype, where)
+    index: list = []
+    channel_pos = None
+    n_channels = 1
+    out_pos = 0
+    spatial_shape = []
+    for ax, size in zip(axes, array.shape):
+        if ax in SPATIAL_AXES:
+            index.append(None)
+            spatial_shape.append(int(size))
+            out_pos += 1
+        elif ax == "c":
+            sel = spec.channel
+            if sel is None:
+                if size != 1:
+                    raise InputError(
+                        f"{where} has {size} channels (axis 'c'). Expected a channel choice: give --channel "
+                        f"(one index, or several for segmenters that use more than one)."
+                    )
+                sel = (0,)
+            for c in sel:
+                if not 0 <= c < size:
+                    raise InputError(
+                        f"Expected channel indices between 0 and {size - 1}. Got {c} instead ({where} has "
+                        f"{size} channels)."
+                    )
+            if len(sel) == 1:
+                index.append(int(sel[0]))
+            else:
+                index.append(list(sel))
+                channel_pos = out_pos
+                n_channels = len(sel)
+                out_pos += 1
+        elif ax == "t":
+            t = spec.timepoint
+            if t is None:
+                if size != 1:
+                    raise InputError(f"{where} has {size} time points. Expected a choice: give --timepoint.")
+                t = 0
+            if not 0 <= t < size:
+                raise InputError(f"Expected a time point between 0 and {size - 1}. Got {t} instead ({where}).")
+            index.append(int(t))
+        else:
+            if size != 1:
+                raise InputError(
+                    f"{where} has a non-spatial axis {ax!r} of size {size} (axes {axes}). Expected spatial "
+                    "axes z, y, x plus optional c and t."
+                )
+            index.append(0)
+    if spec.channel is not None and "c" not in axes:
+        raise InputError(
+            f"--channel was given but {where} has no channel axis (axes {axes}); give --channel-axis for "
+            "arrays without axis metadata."
+        )
+    if len(spatial_shape) not in (2, 3):
+        raise InputError(
+            f"Expected a 2-D or 3-D image. Got {len(spatial_shape)} spatial axes instead ({where}, axes {axes})."
+        )
+    spatial_axes = "".join(a for a in axes if a in SPATIAL_AXES)
+    if voxel is not None and len(voxel) != len(spatial_shape):
+        voxel = None
+    return ImageSource(
+        spec=spec, array=array, full_axes=axes, shape=tuple(spatial_shape), axes=spatial_axes,
+        dtype=dtype, voxel_size=voxel, unit=unit, n_channels=n_channels,
+        levels=[tuple(spatial_shape)], _index=tuple(index), _channel_pos=channel_pos, _keep=keep,
+    )
+
+
+# --------------------------------------------------------------------------- TIFF
+
+_TIFF_AXES = {"Z": "z", "Y": "y", "X": "x", "C": "c", "S": "c", "T": "t"}
+
+
+def _open_tiff(spec: ImageSpec) -> ImageSource:
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(spec.uri)
+    except Exception as exc:
+        raise InputError(f"Could not read {spec.uri} as a TIFF file ({type(exc).__name__}: {exc}).") from exc
+    try:
+        series = tf.series[0]
+        level = spec.level or 0
+        if not 0 <= level < len(series.levels):
+            raise InputError(
+                f"Expected a pyramid level between 0 and {len(series.levels) - 1}. Got {level} instead ({spec.uri})."
+            )
+        array = zarr.open(store=series.aszarr(level=level), mode="r")
+        axes = _tiff_axes(series.axes)
+        if spec.channel_axis is not None and "c" not in axes:
+            axes = _default_axes(array.shape, spec)
+        voxel, unit = _tiff_voxel_size(tf, axes)
+        src = _make_source(spec, array, axes, voxel, unit, keep=tf)
+        src.levels = [tuple(int(s) for a, s in zip(axes, lv.shape) if a in SPATIAL_AXES)
+                      for lv in series.levels]
+        return src
+    except Exception:
+        tf.close()
+        raise
+
+
+def _tiff_axes(tiff_axes: str) -> str:
+    names = [_TIFF_AXES.get(a, "?") for a in tiff_axes.upper()]
+    # a plain multi-page file reports its page axis as I or Q: treat it as z
+    if "z" not in names and sum(n == "?" for n in names) == 1 and len(names) == 3:
+        names[names.index("?")] = "z"
+    return "".join(names)
+
+
+def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
+    spatial = [a for a in axes if a in SPATIAL_AXES]
+    try:
+        if tf.is_ome and tf.ome_metadata:
+            root = ET.fromstring(tf.ome_metadata)
+            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            sizes = {a: pixels.get(f"PhysicalSize{a.upper()}") for a in "zyx"}
+            units = {pixels.get(f"PhysicalSize{a.upper()}Unit", "µm") for a in spatial if sizes[a]}
+            if all(sizes[a] for a in spatial):
+                return tuple(float(sizes[a]) for a in spatial), (units.pop() if len(units) == 1 else None)
+        if tf.is_imagej and tf.imagej_metadata:
+            meta = tf.imagej_metadata
+            page = tf.pages[0]
+            xr = page.tags.get("XResolution")
+            yr = page.tags.get("YResolution")
+            if xr and yr:
+                x = xr.value[1] / xr.value[0]
+                y = yr.value[1] / yr.value[0]
+                sizes = {"x": x, "y": y, "z": float(meta.get("spacing", 1.0))}
+                return tuple(float(sizes[a]) for a in spatial), meta.get("unit")
+    except Exception as exc:  # metadata is optional: never fail a run on it
+        log.warning("could not read voxel sizes from %s: %s", tf.filehandle.path, exc)
+    return None, None
+
+
+# --------------------------------------------------------------------------- writing
+
+#: compression for label arrays: fast, and labels compress very well
+LABEL_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+
+def create_array(uri: str, shape: Sequence[int], chunks: Sequence[int], dtype: Any,
+                 attributes: dict | None = None, zarr_format: int = 3) -> zarr.Array:
+    """Create (or replace) a zarr array of labels with fill value 0."""
+    kwargs: dict = {"compressors": [LABEL_CODEC]} if zarr_format == 3 else {}
+    return zarr.create_array(
+        store=uri, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
+        dtype=np.dtype(dtype), fill_value=0, overwrite=True, zarr_format=zarr_format,
+        attributes=attributes or {}, **kwargs,
+    )
+
+
+def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
+                       dtype: Any, attributes: dict | None = None) -> zarr.Array:
+    return group.create_array(
+        name=name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
+        dtype=np.dtype(dtype), fill_value=0, overwrite=True, compressors=[LABEL_CODEC],
+        attributes=attributes or {},
+    )

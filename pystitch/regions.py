@@ -1,0 +1,133 @@
+"""The regions table: one row per object, merged from per-block statistics.
+
+Columns: ``id``, ``voxels``, bounding box ``<axis>_min`` (inclusive) and
+``<axis>_max`` (exclusive, like a Python slice), ``centroid_<axis>`` in
+voxels, ``centroid_<axis>_physical`` when voxel sizes are known (unit in the
+summary), ``n_blocks`` and ``blocks`` (the block ids the object spans,
+``;``-separated).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StagingError
+from .plan import Plan
+from .storage import check_plan_hash, read_npz
+
+
+def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int]) -> dict[str, np.ndarray]:
+    """Load the per-batch statistics files written by apply-lut."""
+    if sources is None:
+        sources = [plan.stats_dir]
+    elif isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    paths: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        paths.extend(sorted(p.glob("stats-*.npz")) if p.is_dir() else [p])
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
+    covered: set[int] = set()
+    for path in paths:
+        data = read_npz(path, "statistics file", list(parts) + ["blocks", "plan_hash"])
+        check_plan_hash(data["plan_hash"], plan.hash, path)
+        blocks = {int(b) for b in data["blocks"]}
+        if covered & blocks:
+            raise StagingError(f"{path} repeats statistics of block(s) {sorted(covered & blocks)[:10]}.")
+        covered |= blocks
+        for k in parts:
+            parts[k].append(data[k])
+    missing = sorted(needed - covered)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise StagingError(f"finalize needs apply-lut's output for {len(missing)} block(s) that have none: {shown}.")
+    nd = plan.ndim
+    empty = {"block": np.zeros(0, np.int64), "id": np.zeros(0, np.uint64), "count": np.zeros(0, np.int64),
+             "lo": np.zeros((0, nd), np.int64), "hi": np.zeros((0, nd), np.int64), "sum": np.zeros((0, nd), np.int64)}
+    return {k: (np.concatenate(v) if v else empty[k]) for k, v in parts.items()}
+
+
+def merge_regions(rows: dict[str, np.ndarray], n_objects: int) -> dict[str, Any]:
+    """Combine per-block rows into one row per object id ``1..n_objects``."""
+    order = np.lexsort((rows["block"], rows["id"]))
+    ids = rows["id"][order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    uniq = ids[starts]
+    if len(uniq) != n_objects or (n_objects and (uniq[0] != 1 or uniq[-1] != n_objects)):
+        raise StagingError(
+            f"The block statistics describe {len(uniq)} objects but the lut has {n_objects}: "
+            "statistics and lut come from different runs."
+        )
+    blocks_sorted = rows["block"][order]
+    return {
+        "id": uniq,
+        "voxels": np.add.reduceat(rows["count"][order], starts) if len(ids) else np.zeros(0, np.int64),
+        "lo": np.minimum.reduceat(rows["lo"][order], starts, axis=0) if len(ids) else rows["lo"],
+        "hi": np.maximum.reduceat(rows["hi"][order], starts, axis=0) if len(ids) else rows["hi"],
+        "sum": np.add.reduceat(rows["sum"][order], starts, axis=0) if len(ids) else rows["sum"],
+        "blocks": np.split(blocks_sorted, starts[1:]) if len(ids) else [],
+    }
+
+
+def regions_columns(merged: dict[str, Any], axes: str, voxel_size: tuple[float, ...] | None) -> dict[str, np.ndarray]:
+    voxels = merged["voxels"]
+    centroid = merged["sum"] / np.maximum(voxels, 1)[:, None]
+    cols: dict[str, Any] = {"id": merged["id"].astype(np.uint64), "voxels": voxels.astype(np.int64)}
+    for i, ax in enumerate(axes):
+        cols[f"{ax}_min"] = merged["lo"][:, i]
+        cols[f"{ax}_max"] = merged["hi"][:, i]
+    for i, ax in enumerate(axes):
+        cols[f"centroid_{ax}"] = centroid[:, i]
+    if voxel_size:
+        for i, ax in enumerate(axes):
+            cols[f"centroid_{ax}_physical"] = centroid[:, i] * voxel_size[i]
+    cols["n_blocks"] = np.array([len(b) for b in merged["blocks"]], dtype=np.int64)
+    cols["blocks"] = np.array([";".join(map(str, b)) for b in merged["blocks"]], dtype=object)
+    return cols
+
+
+def write_csv(path: str | os.PathLike, cols: dict[str, np.ndarray]) -> Path:
+    path = Path(path)
+    names = list(cols)
+    fmt = [(lambda v: repr(float(v))) if np.asarray(cols[n]).dtype.kind == "f" else str for n in names]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for row in zip(*(cols[n] for n in names)):
+            w.writerow([f(v) for f, v in zip(fmt, row)])
+    return path
+
+
+def write_parquet(path: str | os.PathLike, cols: dict[str, np.ndarray], metadata: dict[str, str]) -> Path | None:
+    """Parquet copy of the table when pyarrow is installed (returns None otherwise)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    table = pa.table({k: (list(v) if v.dtype == object else v) for k, v in cols.items()})
+    table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in metadata.items()})
+    pq.write_table(table, path)
+    return Path(path)
+
+
+def read_csv_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a regions.csv back into numpy columns (numbers as numbers)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    names, body = rows[0], rows[1:]
+    out: dict[str, np.ndarray] = {}
+    for j, name in enumerate(names):
+        values = [r[j] for r in body]
+        if name == "blocks":
+            out[name] = np.array(values, dtype=object)
+        elif name.startswith("centroid"):
+            out[name] = np.array(values, dtype=np.float64)
+        else:
+            out[name] = np.array(values, dtype=np.int64) if name != "id" else np.array(values, dtype=np.uint64)
+    return out

@@ -1,0 +1,134 @@
+"""apply-lut: write final ids into the output, block by block.
+
+Each block reads its core labels (local ids ``1..n``) from the staging store
+and only ITS slice of the lut (``lut[offset + 1 : offset + n + 1]``, never the
+whole table), maps them with the compiled kernel, writes the output chunk,
+and records per-object statistics (voxel count, bounding box, coordinate
+sums) that ``finalize`` merges into the regions table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._core._lut import apply_lut_flat
+from ._core._regions import region_stats_3d
+from .errors import InputError, StagingError
+from .plan import Plan, parse_block_ids
+from .resolve import Lut
+from .staging import Staging
+from .storage import atomic_write_npz
+
+log = logging.getLogger(__name__)
+
+LABEL_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+VALUE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def apply_lut_array(labels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Return ``lut[labels]`` computed by the compiled kernel.
+
+    ``labels`` and ``lut`` must be unsigned integer arrays (read-only and
+    non-contiguous inputs are accepted); a label outside the table is an
+    error that names it.
+    """
+    labels = np.asarray(labels)
+    lut = np.asarray(lut)
+    if labels.dtype.type not in LABEL_DTYPES:
+        raise InputError(f"Expected unsigned integer labels (uint8..uint64). Got dtype {labels.dtype} instead.")
+    if lut.dtype.type not in VALUE_DTYPES or lut.ndim != 1:
+        raise InputError(f"Expected a 1-D unsigned integer lut. Got dtype {lut.dtype}, shape {lut.shape} instead.")
+    if out is None:
+        out = np.empty(labels.shape, dtype=lut.dtype)
+    elif out.shape != labels.shape or out.dtype != lut.dtype or not out.flags.c_contiguous:
+        raise InputError(f"Expected out as a C-contiguous {lut.dtype} array of shape {labels.shape}.")
+    if labels.size == 0:
+        return out
+    flat = np.ascontiguousarray(labels).reshape(-1)
+    bad = apply_lut_flat(flat, np.ascontiguousarray(lut), out.reshape(-1))
+    if bad >= 0:
+        raise InputError(f"Label {int(flat[bad])} is outside the lut (which has {len(lut)} entries).")
+    return out
+
+
+def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-object statistics of one block in final ids.
+
+    ``local`` holds ids ``0..n``; ``final_ids[k]`` is the final id of local id
+    ``k + 1``.  Objects that two local ids share (joined through other blocks)
+    are summed.  Coordinates are global (``origin`` is the block's corner).
+    """
+    ndim = local.ndim
+    counts, lo, hi, sums = region_stats_3d(np.ascontiguousarray(local).reshape((1,) * (3 - ndim) + local.shape), n)
+    counts, lo, hi, sums = counts[1:], lo[1:, 3 - ndim:], hi[1:, 3 - ndim:], sums[1:, 3 - ndim:]
+    org = np.asarray(origin, dtype=np.int64)
+    lo, hi = lo + org, hi + org
+    sums = sums + counts[:, None] * org
+    order = np.argsort(final_ids, kind="stable")
+    ids = final_ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return {
+        "id": ids[starts].astype(np.uint64),
+        "count": np.add.reduceat(counts[order], starts),
+        "lo": np.minimum.reduceat(lo[order], starts, axis=0),
+        "hi": np.maximum.reduceat(hi[order], starts, axis=0),
+        "sum": np.add.reduceat(sums[order], starts, axis=0),
+    }
+
+
+def stats_name(ids: list[int]) -> str:
+    return f"stats-{ids[0]:06d}-{ids[-1]:06d}.npz"
+
+
+def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.PathLike | None = None,
+              out: str | os.PathLike | None = None) -> Path:
+    """Write the final labels of ``blocks`` into the (partial) output and their
+    region statistics into one ``.npz`` file; returns that file's path."""
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    ids = parse_block_ids(blocks, plan.n_blocks)
+    table = Lut.open(plan, lut)
+    output = table.output_array()
+    staging = Staging(plan)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
+    for b in ids:
+        offset, n = table.block_range(b)
+        if n == 0:
+            continue
+        where = plan.block_description(b)
+        local = staging.read_core(b)
+        top = int(local.max()) if local.size else 0
+        if top > n:
+            raise StagingError(
+                f"The staging labels of {where} hold id {top} but its manifest counted {n} objects: "
+                "the staging store is corrupt or was written by another run."
+            )
+        block_lut = np.zeros(n + 1, dtype=table.dtype)
+        block_lut[1:] = table.read(offset + 1, offset + n + 1)
+        output[plan.core(b)] = apply_lut_array(local, block_lut)
+        core = plan.core(b)
+        stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
+        rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
+        for k, v in stats.items():
+            rows[k].append(v)
+    ndim = plan.ndim
+    arrays = {
+        "block": np.concatenate(rows["block"]) if rows["block"] else np.zeros(0, np.int64),
+        "id": np.concatenate(rows["id"]) if rows["id"] else np.zeros(0, np.uint64),
+        "count": np.concatenate(rows["count"]) if rows["count"] else np.zeros(0, np.int64),
+        "lo": np.concatenate(rows["lo"]) if rows["lo"] else np.zeros((0, ndim), np.int64),
+        "hi": np.concatenate(rows["hi"]) if rows["hi"] else np.zeros((0, ndim), np.int64),
+        "sum": np.concatenate(rows["sum"]) if rows["sum"] else np.zeros((0, ndim), np.int64),
+        "blocks": np.asarray(ids, dtype=np.int64),
+        "plan_hash": np.asarray(plan.hash),
+    }
+    path = Path(out) if out is not None else plan.stats_dir / stats_name(ids)
+    if path.suffix != ".npz":  # a directory (created if needed)
+        path = path / stats_name(ids)
+    atomic_write_npz(path, arrays)
+    log.info("applied the lut to %d block(s) %d..%d -> %s", len(ids), ids[0], ids[-1], path)
+    return path

@@ -1,0 +1,112 @@
+"""Small files between steps: atomic writes and validating reads.
+
+Every file a step produces is written to a temporary name in the same
+directory and renamed into place, so a killed task leaves either the whole
+file or none of it.  Readers name the file in every error.  Arrays are stored
+as ``.npz`` and read with ``allow_pickle=False``: no pickle for data files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import PlanMismatchError, StagingError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    text = json.dumps(obj, indent=indent, sort_keys=True, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StagingError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise StagingError(f"Could not read {what} {path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StagingError(f"{what} {path} is not valid JSON ({exc}); it is corrupt or truncated.") from exc
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | os.PathLike, what: str, required: Iterable[str]) -> dict[str, np.ndarray]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise StagingError(f"{what} not found: {path}") from None
+    except Exception as exc:  # zipfile/format errors come in many types
+        raise StagingError(f"{what} {path} is unreadable ({type(exc).__name__}: {exc}); it is corrupt.") from exc
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise StagingError(f"{what} {path} lacks the field(s) {', '.join(missing)}; it is corrupt.")
+    return out
+
+
+def check_plan_hash(found: Any, expected: str, where: str | os.PathLike) -> None:
+    found = str(found.item() if isinstance(found, np.ndarray) else found)
+    if found != expected:
+        raise PlanMismatchError(
+            f"{where} was produced for plan {found[:12]}, not for the plan in use ({expected[:12]}). "
+            "Outputs of different plans are never mixed: rerun the step with this plan."
+        )
+
+
+def replace_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move directory ``src`` to ``dst`` (which must not exist) atomically when
+    both are on one filesystem, else by a copy to a hidden sibling then a rename."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != 18:  # EXDEV: different filesystems
+            raise
+    tmp = dst.with_name(f".{dst.name}.incoming")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
