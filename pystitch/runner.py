@@ -1,0 +1,171 @@
+"""The local runner and the Python API.
+
+``run`` calls the same step functions the CLIs and the Nextflow pipeline
+call: plan, segment (in parallel processes), face-pairs, resolve, apply-lut,
+finalize.  It resumes: blocks with a valid manifest and batches with a valid
+result file are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from .faces import face_pairs, pairs_name
+from .finalize import finalize
+from .plan import DEFAULT_MIN_IOU, Plan, batches, plan_blocks
+from .relabel import apply_lut, stats_name
+from .resolve import Lut, resolve
+from .segment import segment_blocks
+from .storage import atomic_write_json, read_npz, remove_path
+
+log = logging.getLogger(__name__)
+
+#: blocks per face-pairs / apply-lut task of the local runner (fixed, so that
+#: a resumed run finds the files of the interrupted one)
+BATCH_SIZE = 32
+
+
+def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress: bool = False,
+               desc: str = "") -> Iterator[Any]:
+    """Apply ``fn`` to every task, in ``workers`` processes (spawned: zarr's
+    I/O threads do not survive a fork).  Yields results as they complete; the
+    first failure cancels what has not started and is raised."""
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="task", leave=False)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield fn(t)
+                bar.update()
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+            pending = {pool.submit(fn, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise fut.exception()
+                    yield fut.result()
+                    bar.update()
+    finally:
+        bar.close()
+
+
+# top-level task functions (picklable for worker processes)
+
+def _segment_task(args: tuple) -> list[int]:
+    plan_path, ids = args
+    return segment_blocks(plan_path, ids, skip_existing=True)
+
+
+def _pairs_task(args: tuple) -> Path:
+    plan_path, ids = args
+    return face_pairs(plan_path, ids)
+
+
+def _apply_task(args: tuple) -> Path:
+    plan_path, ids = args
+    return apply_lut(plan_path, ids)
+
+
+def _valid_result(path: Path, plan: Plan, ids: list[int]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        data = read_npz(path, "result", ["blocks", "plan_hash"])
+    except Exception:
+        return False
+    return str(data["plan_hash"]) == plan.hash and [int(b) for b in data["blocks"]] == ids
+
+
+def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable[[list[int]], str],
+                     batch_size: int) -> list[list[int]]:
+    """Batches whose result file is missing; removes files of other batchings."""
+    groups = batches(ids, batch_size)
+    wanted = {name(g) for g in groups}
+    if directory.exists():
+        for f in directory.glob("*.npz"):
+            if f.name not in wanted:
+                f.unlink()
+    return [g for g in groups if not _valid_result(directory / name(g), plan, g)]
+
+
+def _lut_reusable(plan: Plan) -> bool:
+    try:
+        Lut.open(plan).output_array()
+    except Exception:
+        return False
+    return True
+
+
+def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any, halo: Any = None,
+        backend: str = "threshold", rule: str | None = None, min_iou: float = DEFAULT_MIN_IOU, label_dtype: str = "auto",
+        work_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
+        overwrite: bool = False, keep_work: bool = False, workers: int = 1, batch_size: int = BATCH_SIZE,
+        skip_empty: bool = True, stats_level: int | None = None, progress: bool = True,
+        array_path: str | None = None, level: int | None = None, channel: Any = None,
+        channel_axis: int | None = None, timepoint: int | None = None, **backend_options: Any) -> dict:
+    """Segment ``image`` block by block and stitch the labels into ``output``.
+
+    Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
+    ``function="pkg.mod:fn"``, ...) are passed as keyword arguments.  Returns
+    the run summary (also written to ``<report_dir>/summary.json``).
+    """
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    plan = plan_blocks(
+        image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
+        label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
+        skip_empty=skip_empty, stats_level=stats_level, workers=workers, array_path=array_path, level=level,
+        channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
+        progress=progress)
+    plan_path = str(plan.plan_path)
+    timings["plan"] = time.perf_counter() - t
+    todo = [b for b in range(plan.n_blocks) if b not in plan.empty_set]
+
+    t = time.perf_counter()
+    for _ in map_blocks(_segment_task, [(plan_path, [b]) for b in todo], workers=workers, progress=progress,
+                        desc="segment"):
+        pass
+    timings["segment"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pending = _pending_batches(plan, plan.pairs_dir, todo, pairs_name, batch_size)
+    for _ in map_blocks(_pairs_task, [(plan_path, g) for g in pending], workers=workers, progress=progress,
+                        desc="face-pairs"):
+        pass
+    timings["face_pairs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if _lut_reusable(plan):
+        log.info("the lut of this plan exists: not resolving again")
+    else:
+        remove_path(plan.stats_dir)  # statistics written with an earlier lut are void
+        resolve(plan)
+    timings["resolve"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pending = _pending_batches(plan, plan.stats_dir, todo, stats_name, batch_size)
+    for _ in map_blocks(_apply_task, [(plan_path, g) for g in pending], workers=workers, progress=progress,
+                        desc="apply-lut"):
+        pass
+    timings["apply_lut"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    summary = finalize(plan, overwrite=overwrite, extra={"workers": workers})
+    timings["finalize"] = time.perf_counter() - t
+    summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    atomic_write_json(Path(plan.report_dir) / "summary.json", summary)
+    if not keep_work:
+        remove_path(plan.work_dir)
+    return summary
