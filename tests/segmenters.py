@@ -1,0 +1,67 @@
+"""Segmenters used by the tests through the ``callable`` backend."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+
+def identity(block: np.ndarray) -> np.ndarray:
+    """The image already holds the instance labels (ground truth)."""
+    return block.astype(np.uint32)
+
+
+def border_dilating(block: np.ndarray, grow: int = 2) -> np.ndarray:
+    """An instance segmenter that is wrong near the edge of what it sees: cells
+    cut by the edge of the block come out ``grow`` voxels fatter, eating into
+    their touching neighbours (as a network short of context does)."""
+    labels = block.astype(np.uint32)
+    edge = np.zeros(labels.shape, bool)
+    for axis in range(labels.ndim):
+        idx = [slice(None)] * labels.ndim
+        idx[axis] = [0, -1]
+        edge[tuple(idx)] = True
+    cut = np.unique(labels[edge])
+    cut = cut[cut > 0]
+    out = labels.copy()
+    for c in cut:
+        grown = ndimage.binary_dilation(labels == c, iterations=grow)
+        out[grown] = c
+    return out
+
+
+def fail(block: np.ndarray) -> np.ndarray:
+    raise RuntimeError("model exploded")
+
+
+def wrong_shape(block: np.ndarray) -> np.ndarray:
+    return np.zeros([s + 1 for s in block.shape], np.uint32)
+
+
+def floats(block: np.ndarray) -> np.ndarray:
+    return np.zeros(block.shape, np.float32)
+
+
+def negative(block: np.ndarray) -> np.ndarray:
+    return -np.ones(block.shape, np.int32)
+
+
+def not_an_array(block: np.ndarray):
+    return [[1, 2], [3, 4]]
+
+
+def counting(block: np.ndarray, log: str = "") -> np.ndarray:
+    """Threshold at 500 and record each call in ``log`` (one line per block)."""
+    with open(log, "a") as fh:
+        fh.write(f"{block.shape}\n")
+    return ndimage.label(block > 500)[0]
+
+
+def flaky(block: np.ndarray, marker: str = "") -> np.ndarray:
+    """Fails the first time it is called (a marker file remembers), then works."""
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("transient failure")
+    return ndimage.label(block > 500)[0]

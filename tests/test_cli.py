@@ -1,0 +1,100 @@
+"""The five CLIs as separate processes give the same result as ``pystitch run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from helpers import save
+from pystitch._version import __version__
+from pystitch.example import blobs
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+STEPS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut"]
+
+
+def sh(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    """Run a bin/ launcher the way Nextflow does: bin/ and the environment on PATH."""
+    env = dict(os.environ, PATH=f"{REPO / 'bin'}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def test_cli_chain_equals_run(tmp_path):
+    image = blobs((20, 50, 40), seed=4, sigma=2.0, fraction=0.2)
+    img = save(tmp_path / "img.zarr", image)
+
+    plan = sh("plan-blocks", img, tmp_path / "chain.zarr", "--block-shape", "8,16,16", "--halo", "1,2,2",
+              "--backend", "threshold", "--threshold", "500", "--connectivity", "full",
+              "--work-dir", tmp_path / "work").stdout.strip().splitlines()[-1]
+    assert Path(plan).name == "plan.json"
+    n_blocks = json.loads(Path(plan).read_text())["n_blocks"]
+    assert n_blocks == 3 * 4 * 3
+    # tasks as Nextflow runs them: batches, manifests written into the task's own directory
+    for i, batch in enumerate(["0-9", "10-19,20", "21-35"]):
+        task = tmp_path / f"task{i}"
+        task.mkdir()
+        sh("segment-block", plan, "--blocks", batch, "--manifest-dir", ".", cwd=task)
+    manifests = tmp_path / "manifests.jsonl"
+    manifests.write_text("".join(p.read_text() for p in sorted(tmp_path.glob("task*/block-*.json"))))
+    for batch in ["0-17", "18-35"]:
+        sh("face-pairs", plan, "--blocks", batch, "--manifests", manifests, "--out", tmp_path / "pairs")
+    sh("resolve", plan, "--manifests", manifests, "--pairs", str(tmp_path / "pairs" / "*.npz"))
+    sh("apply-lut", plan, "--blocks", "all", "--out", tmp_path / "stats")
+    sh("pystitch", "finalize", plan, "--stats", tmp_path / "stats")
+
+    sh("pystitch", "run", img, tmp_path / "run.zarr", "--block-shape", "8,16,16", "--halo", "1,2,2",
+       "--threshold", "500", "--connectivity", "3", "--workers", "2")
+    chain = zarr.open_array(str(tmp_path / "chain.zarr"))[:]
+    run = zarr.open_array(str(tmp_path / "run.zarr"))[:]
+    assert chain.max() > 3
+    np.testing.assert_array_equal(chain, run)
+    assert (tmp_path / "chain_report" / "regions.csv").read_bytes() == \
+        (tmp_path / "run_report" / "regions.csv").read_bytes()
+
+
+@pytest.mark.parametrize("cmd", STEPS + ["pystitch"])
+def test_help(cmd):
+    res = sh(cmd, "--help")
+    assert res.returncode == 0
+    text = res.stdout + res.stderr
+    assert "NAME" in text and ("FLAGS" in text or "COMMANDS" in text)
+    if cmd == "segment-block":
+        assert "--blocks" in text and "manifest" in text.lower()
+
+
+def test_version():
+    assert sh("pystitch", "--version").stdout.strip() == __version__
+    assert sh("plan-blocks", "--version").stdout.strip() == __version__
+
+
+def test_console_scripts_are_installed():
+    for cmd in STEPS + ["pystitch"]:
+        assert (VENV_BIN / cmd).exists(), f"{cmd} is not installed next to {sys.executable}"
+
+
+def test_error_is_one_clear_line(tmp_path):
+    res = sh("plan-blocks", tmp_path / "missing.zarr", tmp_path / "out.zarr", "--block-shape", "8",
+             "--halo", "1", "--threshold", "1", check=False)
+    assert res.returncode == 1
+    assert "Input image not found" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_quiet_silences_info(tmp_path):
+    img = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    loud = sh("plan-blocks", img, tmp_path / "o.zarr", "--block-shape", "8", "--halo", "1", "--threshold", "500")
+    quiet = sh("plan-blocks", img, tmp_path / "o.zarr", "--block-shape", "8", "--halo", "1", "--threshold", "500",
+               "--quiet")
+    assert "INFO" in loud.stderr and "INFO" not in quiet.stderr

@@ -1,0 +1,189 @@
+"""Compiled kernels against their numpy/scipy references (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pystitch import reference
+from pystitch.errors import InputError
+from pystitch.faces import contingency
+from pystitch.relabel import apply_lut_array, block_regions
+from pystitch.resolve import final_lut, union_find
+
+UINTS = [np.uint8, np.uint16, np.uint32, np.uint64]
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------- lut apply
+
+
+@st.composite
+def labels_and_lut(draw):
+    label_dtype = draw(st.sampled_from(UINTS))
+    value_dtype = draw(st.sampled_from(UINTS))
+    n = draw(st.integers(1, min(300, int(np.iinfo(label_dtype).max) + 1)))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=12))
+    # runs are typical of label images: draw values then repeat some
+    labels = draw(hnp.arrays(label_dtype, shape, elements=st.integers(0, n - 1)))
+    lut = draw(hnp.arrays(value_dtype, n, elements=st.integers(0, int(np.iinfo(value_dtype).max))))
+    return labels, lut
+
+
+@SETTINGS
+@given(labels_and_lut(), st.booleans(), st.booleans())
+def test_lut_matches_fancy_indexing(data, readonly, strided):
+    labels, lut = data
+    if strided and labels.ndim and labels.shape[-1] > 1:
+        labels = labels[..., ::2]
+    if readonly:
+        labels.flags.writeable = False
+        lut.flags.writeable = False
+    out = apply_lut_array(labels, lut)
+    expected = reference.lut_apply(labels, lut)
+    assert out.dtype == lut.dtype
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_lut_runs_and_label_outside_table():
+    labels = np.repeat(np.array([0, 3, 3, 1, 2, 2, 2, 0], np.uint32), 5)
+    lut = np.array([0, 10, 20, 30], np.uint32)
+    np.testing.assert_array_equal(apply_lut_array(labels, lut), lut[labels])
+    with pytest.raises(InputError, match="Label 7 is outside the lut"):
+        apply_lut_array(np.array([1, 7, 7], np.uint32), lut)
+    with pytest.raises(InputError, match="Expected unsigned integer labels"):
+        apply_lut_array(np.array([1.0]), lut)
+    assert apply_lut_array(np.zeros((0, 3), np.uint16), lut).shape == (0, 3)
+
+
+# --------------------------------------------------------------------------- union-find
+
+
+@st.composite
+def graphs(draw):
+    n = draw(st.integers(0, 200))
+    if n == 0:
+        return 0, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m = draw(st.integers(0, 3 * n))
+    left = draw(hnp.arrays(np.int64, m, elements=st.integers(0, n - 1)))
+    right = draw(hnp.arrays(np.int64, m, elements=st.integers(0, n - 1)))
+    return n, left, right
+
+
+@SETTINGS
+@given(graphs(), st.sampled_from([np.int32, np.int64, np.uint32, np.uint64]))
+def test_union_find_matches_connected_components(graph, dtype):
+    n, left, right = graph
+    roots, merges = union_find(left.astype(dtype), right.astype(dtype), n)
+    expected = reference.union_find_roots(left, right, n)
+    np.testing.assert_array_equal(roots, expected)
+    assert merges == n - len(np.unique(expected))
+
+
+@SETTINGS
+@given(graphs(), st.randoms(use_true_random=False))
+def test_union_find_independent_of_order_and_duplicates(graph, rnd):
+    n, left, right = graph
+    roots, _ = union_find(left, right, n)
+    idx = list(range(len(left))) * 2          # every pair twice
+    rnd.shuffle(idx)
+    swap = np.array([rnd.random() < 0.5 for _ in idx], bool)
+    l2, r2 = left[idx].copy(), right[idx].copy()
+    l2[swap], r2[swap] = right[idx][swap], left[idx][swap]
+    l2.flags.writeable = False
+    roots2, _ = union_find(l2, r2, n)
+    np.testing.assert_array_equal(roots, roots2)
+
+
+def test_union_find_rejects_bad_indices():
+    with pytest.raises(InputError, match=r"indices in \[0, 3\)"):
+        union_find(np.array([0, 3]), np.array([1, 1]), 3)
+    with pytest.raises(InputError, match="equal length"):
+        union_find(np.array([0, 1]), np.array([1]), 3)
+
+
+@SETTINGS
+@given(st.integers(0, 300), st.data(), st.integers(1, 64))
+def test_final_lut_sequential_by_smallest_id(n_prov, data, chunk):
+    m = data.draw(st.integers(0, 2 * n_prov)) if n_prov else 0
+    pairs = data.draw(hnp.arrays(np.uint64, (m, 2), elements=st.integers(1, max(1, n_prov)))) if n_prov else \
+        np.zeros((0, 2), np.uint64)
+    pieces, n_final, merges = final_lut(n_prov, pairs, chunk=chunk)
+    lut = np.concatenate(list(pieces))
+    assert len(lut) == n_prov + 1 and lut[0] == 0
+    # reference: components of 1..n_prov numbered in order of their smallest member
+    roots = reference.union_find_roots(pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), n_prov + 1)
+    comp_order = {r: i + 1 for i, r in enumerate(sorted(set(roots[1:].tolist())))}
+    expected = np.array([0] + [comp_order[r] for r in roots[1:]], dtype=np.uint64)
+    np.testing.assert_array_equal(lut, expected)
+    assert n_final == (len(comp_order) if n_prov else 0)
+    assert merges == n_prov - n_final
+
+
+# --------------------------------------------------------------------------- contingency
+
+
+@SETTINGS
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=15), st.data(),
+       st.sampled_from([np.uint8, np.uint16, np.uint32, np.int32, np.int64]))
+def test_contingency_matches_unique(shape, data, dtype):
+    hi = data.draw(st.integers(0, 40))
+    a = data.draw(hnp.arrays(dtype, shape, elements=st.integers(0, hi)))
+    b = data.draw(hnp.arrays(dtype, shape, elements=st.integers(0, hi)))
+    a.flags.writeable = False
+    got = contingency(a, b)
+    exp = reference.contingency(a, b)
+    for g, e in zip(got, exp):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_contingency_large_labels_and_errors():
+    a = np.array([4_000_000_000, 4_000_000_000, 0, 5], np.uint32)
+    b = np.array([7, 7, 3, 4_000_000_001], np.uint32)
+    la, lb, c = contingency(a, b)
+    assert la.tolist() == [5, 4_000_000_000] and lb.tolist() == [4_000_000_001, 7] and c.tolist() == [1, 2]
+    with pytest.raises(InputError, match="one shape"):
+        contingency(np.zeros(3, np.uint32), np.zeros(4, np.uint32))
+    with pytest.raises(InputError, match="non-negative"):
+        contingency(np.array([-1, 2]), np.array([1, 2]))
+
+
+# --------------------------------------------------------------------------- region statistics
+
+
+@SETTINGS
+@given(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=14), st.data())
+def test_block_regions_match_ndimage(shape, data):
+    n = data.draw(st.integers(1, 12))
+    local = data.draw(hnp.arrays(np.uint32, shape, elements=st.integers(0, n)))
+    present = np.unique(local[local > 0])
+    # renumber densely as staging labels are
+    dense = np.searchsorted(present, local).astype(np.uint32) + 1
+    dense[local == 0] = 0
+    n = len(present)
+    if n == 0:
+        return
+    final_ids = data.draw(hnp.arrays(np.uint64, n, elements=st.integers(1, 5)))
+    origin = tuple(data.draw(st.integers(0, 1000)) for _ in shape)
+    got = block_regions(dense, n, origin, final_ids)
+    # reference: relabel with the final ids, then scipy on that
+    lut = np.concatenate([[0], final_ids]).astype(np.uint64)
+    final = lut[dense].astype(np.int64)
+    ids = np.unique(final[final > 0])
+    np.testing.assert_array_equal(got["id"], ids)
+    remap = np.searchsorted(ids, final) + 1
+    remap[final == 0] = 0
+    counts, lo, hi, sums = reference.region_stats(remap, len(ids))
+    np.testing.assert_array_equal(got["count"], counts)
+    np.testing.assert_array_equal(got["lo"], lo + origin)
+    np.testing.assert_array_equal(got["hi"], hi + origin)
+    np.testing.assert_array_equal(got["sum"], sums + counts[:, None] * np.array(origin))
+
+
+def test_region_stats_rejects_label_above_count():
+    from pystitch._core._regions import region_stats_3d
+    with pytest.raises(ValueError, match="label 3 is greater"):
+        region_stats_3d(np.array([[[1, 3]]], np.uint32), 2)

@@ -1,0 +1,82 @@
+"""The local runner: resume, retry after a failure, the merge-only API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+import pystitch
+from helpers import assert_partition_equivalent, load, save
+from pystitch.errors import SegmenterError
+from pystitch.example import blobs
+
+SEG = str(Path(__file__).parent / "segmenters.py")
+
+
+def test_resume_skips_finished_blocks(tmp_path):
+    image = blobs((24, 48, 48), seed=2, sigma=2.0, fraction=0.2)
+    path = save(tmp_path / "img.zarr", image)
+    log = tmp_path / "calls.txt"
+    opts = dict(block_shape=(8, 16, 16), halo=(1, 2, 2), backend="callable", rule="exact",
+                function=f"{SEG}:counting", kwargs={"log": str(log)}, progress=False)
+    # an earlier, interrupted run: plan and half the blocks done
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=opts["block_shape"], halo=opts["halo"],
+                                backend="callable", rule="exact",
+                                backend_options={"function": opts["function"], "kwargs": opts["kwargs"]})
+    pystitch.segment_blocks(plan, f"0-{plan.n_blocks // 2 - 1}")
+    assert len(log.read_text().splitlines()) == plan.n_blocks // 2
+    pystitch.run(path, tmp_path / "out.zarr", **opts)
+    assert len(log.read_text().splitlines()) == plan.n_blocks  # each block segmented once
+    ref = ndimage.label(image > 500)[0]
+    assert_partition_equivalent(load(tmp_path / "out.zarr"), ref)
+
+
+def test_rerun_after_a_failure_continues(tmp_path):
+    image = blobs((16, 48, 48), seed=3, sigma=2.0, fraction=0.2)
+    path = save(tmp_path / "img.zarr", image)
+    marker = tmp_path / "failed-once"
+    opts = dict(block_shape=(8, 16, 16), halo=(1, 2, 2), backend="callable", rule="exact", function=f"{SEG}:flaky",
+                kwargs={"marker": str(marker)}, progress=False)
+    with pytest.raises(SegmenterError, match="transient failure"):
+        pystitch.run(path, tmp_path / "out.zarr", **opts)
+    assert not (tmp_path / "out.zarr").exists()
+    pystitch.run(path, tmp_path / "out.zarr", **opts)
+    assert_partition_equivalent(load(tmp_path / "out.zarr"), ndimage.label(image > 500)[0])
+
+
+def test_merge_api_with_own_labels(tmp_path):
+    truth = ndimage.label(blobs((60, 70), seed=1, sigma=3.0, fraction=0.3) > 500)[0]
+    shape = truth.shape
+
+    def labels_of(block, region):
+        # an own segmenter run per block: connected components of the block's region
+        return ndimage.label(truth[region] > 0)[0]
+
+    summary = pystitch.merge(labels_of, tmp_path / "merged.zarr", shape=shape, block_shape=(20, 25), halo=(3, 3),
+                             rule="exact")
+    out = load(tmp_path / "merged.zarr")
+    assert_partition_equivalent(out, truth)
+    assert summary["objects"] == truth.max()
+    # a mapping works as well; missing blocks are empty
+    from pystitch.plan import Plan
+    plan = Plan(image=None, shape=shape, dtype="uint32", axes="yx", block_shape=(20, 25), halo=(3, 3),
+                backend={"name": "provided"}, rule="match", work_dir=str(tmp_path / "w"), output="", report_dir="")
+    mapping = {b: labels_of(b, plan.extended(b)) for b in range(plan.n_blocks) if b != 0}
+    pystitch.merge(mapping, tmp_path / "m2.zarr", shape=shape, block_shape=(20, 25), halo=(3, 3))
+    m2 = load(tmp_path / "m2.zarr")
+    assert (m2[plan.core(0)] == 0).all() and (m2[plan.core(1)] > 0).any()
+
+
+def test_otsu_threshold_is_global(tmp_path):
+    image = blobs((20, 64, 64), seed=9, sigma=2.0, fraction=0.2)
+    image[:, :, 32:] //= 3        # a dim half: a per-block threshold would differ there
+    path = save(tmp_path / "img.zarr", image)
+    s = pystitch.run(path, tmp_path / "out.zarr", block_shape=(10, 32, 32), halo=(1, 2, 2), threshold="otsu",
+                     progress=False)
+    thr = s["stats"]["threshold"]
+    assert 100 < thr < 1000
+    assert_partition_equivalent(load(tmp_path / "out.zarr"), ndimage.label(image > thr)[0])
