@@ -264,6 +264,25 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
     print(summary["output"])
 
 
+def batches(plan: str, size: int = 64) -> None:
+    """Print the blocks that need work as batches, one per line (e.g. 0-63), for a workflow to fan out.
+
+    Blocks planned empty are left out.
+
+    Args:
+        plan: path of plan.json.
+        size: blocks per batch (one task each).
+    """
+    from .plan import Plan, batches as _batches, format_block_ids
+
+    n = _opt_int(size, "size")
+    if not n or n < 1:
+        raise PystitchError(f"Expected --size >= 1. Got {size!r} instead.")
+    p = Plan.load(str(plan))
+    for group in _batches(p.work_blocks(), n):
+        print(format_block_ids(group))
+
+
 def example(path: str = "example.zarr", shape: Any = "48,160,160", seed: int = 0, overwrite: bool = False) -> None:
     """Write the built-in synthetic example image (OME-Zarr) and print its path.
 
@@ -290,6 +309,7 @@ COMMANDS: dict[str, Callable] = {
     "resolve": resolve,
     "apply-lut": apply_lut,
     "finalize": finalize,
+    "batches": batches,
     "example": example,
 }
 

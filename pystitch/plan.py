@@ -119,6 +119,20 @@ def parse_block_ids(value: Any, n_blocks: int | None = None) -> list[int]:
     return out
 
 
+def format_block_ids(ids: Sequence[int]) -> str:
+    """Compact text for block ids: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
+    parts: list[str] = []
+    ids = sorted(int(i) for i in ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 def batches(ids: Sequence[int], size: int) -> list[list[int]]:
     """Consecutive batches of at most ``size`` ids."""
     size = max(1, int(size))
@@ -367,6 +381,10 @@ class Plan:
     def block_description(self, block: int) -> str:
         core = ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip(self.axes, self.core(block)))
         return f"block {block} (core {core})"
+
+    def work_blocks(self) -> list[int]:
+        """Blocks that need work (all but those planned empty)."""
+        return [b for b in range(self.n_blocks) if b not in self.empty_set]
 
     def make_backend(self) -> Backend:
         return get_backend(self.backend["name"]).from_params(

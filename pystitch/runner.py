@@ -131,7 +131,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         progress=progress)
     plan_path = str(plan.plan_path)
     timings["plan"] = time.perf_counter() - t
-    todo = [b for b in range(plan.n_blocks) if b not in plan.empty_set]
+    todo = plan.work_blocks()
 
     t = time.perf_counter()
     for _ in map_blocks(_segment_task, [(plan_path, [b]) for b in todo], workers=workers, progress=progress,

@@ -42,7 +42,7 @@ def run_steps(image: str, output: Path, *, block_shape, halo, order_seed: int | 
 
     plan = pystitch.plan_blocks(image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule,
                                 work_dir=output.with_suffix(".work"), backend_options=options)
-    ids = [b for b in range(plan.n_blocks) if b not in plan.empty_set]
+    ids = plan.work_blocks()
     if order_seed is not None:
         np.random.default_rng(order_seed).shuffle(ids)
     for b in ids:

@@ -98,3 +98,14 @@ def test_quiet_silences_info(tmp_path):
     quiet = sh("plan-blocks", img, tmp_path / "o.zarr", "--block-shape", "8", "--halo", "1", "--threshold", "500",
                "--quiet")
     assert "INFO" in loud.stderr and "INFO" not in quiet.stderr
+
+
+def test_batches_leave_out_empty_blocks(tmp_path):
+    image = np.full((64, 64), 100, np.uint16)
+    image[2:10, 2:30] = 1000                       # blocks 0 and 1 (of 16) hold objects
+    image[40:44, 40:44] = 1000                     # block 10
+    img = save(tmp_path / "img.zarr", image)
+    plan = sh("plan-blocks", img, tmp_path / "o.zarr", "--block-shape", "16", "--halo", "1",
+              "--threshold", "500").stdout.strip()
+    assert sh("pystitch", "batches", plan, "--size", "2").stdout.split() == ["0-1", "10"]
+    assert sh("pystitch", "batches", plan, "--size", "1").stdout.split() == ["0", "1", "10"]
