@@ -45,7 +45,7 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} exists. Expected a new path, or --overwrite to replace it.")
 
-    staged = Path(plan.work_dir) / "report.partial"
+    staged = plan.report_staging
     remove_path(staged)
     staged.mkdir(parents=True)
     write_csv(staged / "regions.csv", cols)

@@ -30,7 +30,6 @@ from .relabel import apply_lut
 from .resolve import resolve
 from .segment import store_labels
 from .staging import Staging, create_staging, write_manifest
-from .storage import remove_path
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
         report_dir=absolute_uri(report_dir) if report_dir else default_report_dir(output),
         voxel_size=tuple(float(v) for v in voxel_size) if voxel_size is not None else None,
     )
-    remove_path(plan.work_dir)
-    Path(plan.work_dir).mkdir(parents=True)
+    plan.clean_work_dir()
+    Path(plan.work_dir).mkdir(parents=True, exist_ok=True)
     create_staging(plan)
     plan.save()
     staging = Staging(plan, mode="r+")
@@ -110,5 +109,5 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
     apply_lut(plan, "all")
     summary = finalize(plan, overwrite=overwrite)
     if not keep_work:
-        remove_path(plan.work_dir)
+        plan.clean_work_dir()
     return summary

@@ -32,7 +32,7 @@ from ._version import __version__
 from .backends import Backend, get_backend, make_backend
 from .errors import InputError, OutputExistsError, PlanMismatchError, StagingError
 from .io import ImageSource, ImageSpec, absolute_uri, is_url, open_image
-from .storage import atomic_write_json, read_json
+from .storage import atomic_write_json, read_json, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,26 @@ class Plan:
     def partial_output(self) -> str:
         return str(Path(self.work_dir) / "output.partial.zarr")
 
+    @property
+    def report_staging(self) -> Path:
+        return Path(self.work_dir) / "report.partial"
+
+    def owned_paths(self) -> list[Path]:
+        """Everything pystitch writes into the work directory."""
+        wd = Path(self.work_dir)
+        return [self.plan_path, Path(self.staging_uri), self.manifest_dir, self.pairs_dir, Path(self.lut_uri),
+                wd / "resolve.json", self.stats_dir, Path(self.partial_output), self.report_staging]
+
+    def clean_work_dir(self) -> None:
+        """Remove what pystitch wrote into the work directory (and the directory
+        itself when nothing else is in it)."""
+        for path in self.owned_paths():
+            remove_path(path)
+        try:
+            Path(self.work_dir).rmdir()
+        except OSError:
+            pass
+
     # ---- geometry
 
     @property
@@ -468,35 +488,48 @@ def plan_blocks(
             min_iou=float(min_iou), label_dtype=str(label_dtype), work_dir=wd, output=output,
             report_dir=rd, voxel_size=source.voxel_size, unit=source.unit,
         )
+        request = {"backend": draft.backend, "skip_empty": bool(skip_empty), "stats_level": stats_level}
+        existing = Path(wd) / "plan.json"
+        if existing.exists():
+            old = _load_quietly(existing)
+            if old is not None and _requested(old) == (draft.to_dict(), request):
+                log.info("work dir %s already holds this plan (%s): resuming", wd, old.hash[:12])
+                return old
+            if not overwrite:
+                raise OutputExistsError(
+                    f"The work directory {wd} holds a different plan. Expected an empty work directory, "
+                    "or --overwrite to discard it."
+                )
         be_final, stats, empty = scan_image(draft, be, source, skip_empty=skip_empty,
                                             stats_level=stats_level, workers=workers, progress=progress)
         plan = replace(draft, backend={"name": be_final.name, **be_final.params()},
-                       empty_blocks=tuple(empty), stats=stats)
+                       empty_blocks=tuple(empty), stats={**stats, "requested": request})
     finally:
         source.close()
 
-    existing = Path(wd) / "plan.json"
-    if existing.exists():
-        try:
-            old = Plan.load(existing)
-        except (PlanMismatchError, StagingError):
-            old = None
-        if old is not None and old.to_dict() == plan.to_dict():
-            log.info("work dir %s already holds this plan (%s): resuming", wd, plan.hash[:12])
-            return old
-        if not overwrite:
-            raise OutputExistsError(
-                f"The work directory {wd} holds a different plan. Expected an empty work directory, "
-                "or --overwrite to discard it."
-            )
-        from .storage import remove_path
-        remove_path(wd)
+    plan.clean_work_dir()  # what an earlier plan left here (never other files)
     Path(wd).mkdir(parents=True, exist_ok=True)
     create_staging(plan)
     plan.save()
     log.info("planned %d blocks (grid %s, block %s, halo %s, %d empty) for %s -> %s",
              plan.n_blocks, plan.grid, plan.block_shape, plan.halo, len(plan.empty_blocks), spec.uri, output)
     return plan
+
+
+def _load_quietly(path: Path) -> "Plan | None":
+    try:
+        return Plan.load(path)
+    except (PlanMismatchError, StagingError, InputError):
+        return None
+
+
+def _requested(plan: Plan) -> tuple[dict, dict | None]:
+    """The plan as it was requested, before the image scan resolved it."""
+    request = plan.stats.get("requested")
+    if not request:
+        return plan.to_dict(), None
+    draft = replace(plan, backend=request["backend"], empty_blocks=(), stats={})
+    return draft.to_dict(), request
 
 
 # --------------------------------------------------------------------------- image scan

@@ -167,5 +167,5 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
     summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     atomic_write_json(Path(plan.report_dir) / "summary.json", summary)
     if not keep_work:
-        remove_path(plan.work_dir)
+        plan.clean_work_dir()
     return summary

@@ -80,3 +80,39 @@ def test_otsu_threshold_is_global(tmp_path):
     thr = s["stats"]["threshold"]
     assert 100 < thr < 1000
     assert_partition_equivalent(load(tmp_path / "out.zarr"), ndimage.label(image > thr)[0])
+
+
+def test_resume_reuses_the_plan_without_rescanning(tmp_path, monkeypatch):
+    import pystitch.plan as plan_mod
+
+    path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    kw = dict(block_shape=(8, 16, 16), halo=(1, 2, 2), backend_options={"threshold": "otsu"})
+    first = pystitch.plan_blocks(path, tmp_path / "out.zarr", **kw)
+    assert first.backend["threshold"] != "otsu"           # resolved by the scan
+
+    def no_scan(*a, **k):
+        raise AssertionError("the image was scanned again")
+
+    monkeypatch.setattr(plan_mod, "scan_image", no_scan)
+    again = pystitch.plan_blocks(path, tmp_path / "out.zarr", **kw)
+    assert again.hash == first.hash
+    with pytest.raises(AssertionError, match="scanned again"):   # other settings: a new plan
+        pystitch.plan_blocks(path, tmp_path / "out.zarr", overwrite=True,
+                             **{**kw, "backend_options": {"threshold": 700}})
+
+
+def test_overwrite_only_removes_what_pystitch_wrote(tmp_path):
+    path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    work = tmp_path / "shared-dir"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=8, halo=1, work_dir=work,
+                         backend_options={"threshold": 500})
+    with pytest.raises(pystitch.OutputExistsError, match="holds a different plan"):
+        pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=8, halo=2, work_dir=work,
+                             backend_options={"threshold": 500})
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=8, halo=2, work_dir=work, overwrite=True,
+                                backend_options={"threshold": 500})
+    assert plan.halo == (2, 2, 2) and (work / "notes.txt").read_text() == "mine"
+    plan.clean_work_dir()
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
