@@ -65,7 +65,8 @@ setup(
     extras_require={
         "parquet": ["pyarrow>=15"],
         "cellpose": ["cellpose>=3.1,<5", "torch>=2.1"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15"],
+        # ome-zarr: the tests open the output with a standard OME-Zarr reader
+        "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11"],
     },
     entry_points={
         "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]

@@ -90,7 +90,8 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
                 work_dir: str | None = None, report_dir: str | None = None, overwrite: bool = False,
                 skip_empty: bool = True, stats_level: int | None = None, workers: int = 1,
                 array_path: str | None = None, level: int | None = None, channel: Any = None,
-                channel_axis: int | None = None, timepoint: int | None = None, **backend_options: Any) -> str:
+                channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
+                ngff_version: str | None = None, pyramid_levels: int | None = None, **backend_options: Any) -> str:
     """Plan a run: check the input, cut it into blocks, scan it once, write plan.json.
 
     Prints the path of plan.json.  Later steps take that path.
@@ -115,6 +116,10 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
         channel: channel index (or indices, e.g. 0,1 for segmenters using two channels).
         channel_axis: channel axis of an array without axis metadata.
         timepoint: time index for images with a time axis.
+        output_format: ome-zarr (multiscale label image; inside the input image when OUTPUT is
+            <image>/labels/<name>) | zarr (one plain array).
+        ngff_version: 0.4 (zarr v2, read by every current viewer; default) | 0.5 (zarr v3).
+        pyramid_levels: number of levels (default: until the largest side is <= 256).
         **backend_options: threshold backend: --threshold N|otsu --sigma S --connectivity 1..ndim|full;
             callable backend: --function module:function|file.py:function --kwargs JSON --empty-below V.
     """
@@ -128,6 +133,8 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
         workers=_opt_int(workers, "workers") or 1, array_path=_opt_str(array_path),
         level=_opt_int(level, "level"), channel=channel, channel_axis=_opt_int(channel_axis, "channel-axis"),
         timepoint=_opt_int(timepoint, "timepoint"), backend_options=_backend_options(backend_options),
+        output_format=str(output_format), ngff_version=_opt_str(ngff_version),
+        pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"),
     )
     print(plan.plan_path)
     return None  # type: ignore[return-value]
@@ -202,18 +209,25 @@ def apply_lut(plan: str, blocks: Any = None, lut: str | None = None, out: str | 
     _apply(str(plan), _blocks(blocks), lut=_opt_str(lut), out=_opt_str(out))
 
 
-def finalize(plan: str, lut: str | None = None, stats: Any = None, overwrite: bool = False) -> None:
-    """Merge region statistics into the regions table, write the summary, publish the output.
+def finalize(plan: str, lut: str | None = None, stats: Any = None, overwrite: bool = False,
+             trace: str | None = None, qc_faces: Any = 256, pictures: bool = True, grid: bool = False) -> None:
+    """Merge region statistics into the regions table, check seams, draw pictures, write the summary, publish.
 
     Args:
         plan: path of plan.json.
         lut: lut store (default: <work_dir>/lut.zarr).
         stats: statistics files: directory, files or globs (default: <work_dir>/stats).
         overwrite: replace an existing output and report.
+        trace: a Nextflow trace file (-with-trace) for per-step timings in the summary.
+        qc_faces: block faces sampled by the seam QC, or all.
+        pictures: write the QC pictures (--nopictures to skip).
+        grid: draw the block grid on the projections.
     """
     from .finalize import finalize as _finalize
 
-    _finalize(str(plan), lut=_opt_str(lut), stats=_paths(stats), overwrite=_flag(overwrite, "overwrite"))
+    faces = None if str(qc_faces).lower() == "all" else _opt_int(qc_faces, "qc-faces")
+    _finalize(str(plan), lut=_opt_str(lut), stats=_paths(stats), overwrite=_flag(overwrite, "overwrite"),
+              trace=_opt_str(trace), qc_faces=faces, pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"))
 
 
 def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: str = "threshold",
@@ -221,8 +235,9 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         work_dir: str | None = None, report_dir: str | None = None, overwrite: bool = False,
         keep_work: bool = False, skip_empty: bool = True, stats_level: int | None = None,
         array_path: str | None = None, level: int | None = None, channel: Any = None,
-        channel_axis: int | None = None, timepoint: int | None = None, progress: bool = True,
-        **backend_options: Any) -> None:
+        channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
+        ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
+        grid: bool = False, progress: bool = True, **backend_options: Any) -> None:
     """Run every step locally (parallel processes, resumable) and print the output path.
 
     Args:
@@ -246,6 +261,11 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         channel: channel index or indices.
         channel_axis: channel axis of arrays without metadata.
         timepoint: time index.
+        output_format: ome-zarr | zarr (see plan-blocks --help).
+        ngff_version: 0.4 | 0.5.
+        pyramid_levels: number of pyramid levels (default: automatic).
+        pictures: write QC pictures into the report (--nopictures to skip).
+        grid: draw the block grid on the QC projections.
         progress: show progress bars.
         **backend_options: options of the backend (see plan-blocks --help).
     """
@@ -258,7 +278,10 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         keep_work=_flag(keep_work, "keep-work"), skip_empty=_flag(skip_empty, "skip-empty"),
         stats_level=_opt_int(stats_level, "stats-level"), array_path=_opt_str(array_path),
         level=_opt_int(level, "level"), channel=channel, channel_axis=_opt_int(channel_axis, "channel-axis"),
-        timepoint=_opt_int(timepoint, "timepoint"), progress=_flag(progress, "progress") and sys.stderr.isatty(),
+        timepoint=_opt_int(timepoint, "timepoint"), output_format=str(output_format),
+        ngff_version=_opt_str(ngff_version), pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"),
+        pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"),
+        progress=_flag(progress, "progress") and sys.stderr.isatty(),
         **_backend_options(backend_options))
     log.info("%d objects -> %s", summary["objects"], summary["output"])
     print(summary["output"])

@@ -119,7 +119,10 @@ def pair_blocks(plan: Plan, slabs: _SlabCache, a: int, b: int, delta: tuple[int,
         local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
         views.append(slabs.get(block, axis, side)[local])
     la, lb, count = contingency(views[0], views[1])
-    if plan.rule == "exact":
+    if plan.rule == "none":  # no stitching: every block keeps its own ids (for inspection and QC controls)
+        keep = np.zeros(len(la), bool)
+        iou = np.zeros(len(la), np.float32)
+    elif plan.rule == "exact":
         keep = np.ones(len(la), bool)
         iou = np.ones(len(la), np.float32)
     else:

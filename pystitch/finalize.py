@@ -19,6 +19,10 @@ import numpy as np
 from ._version import __version__
 from .errors import OutputExistsError
 from .plan import Plan
+from .io import open_image
+from .output import LabelOutput, publish
+from .qc import pictures as qc_pictures, seam_qc
+from .report import trace_timings, write_reports
 from .regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
 from .resolve import Lut
 from .storage import atomic_write_json, remove_path, replace_tree
@@ -27,8 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = None, stats: Any = None,
-             overwrite: bool = False, extra: dict | None = None) -> dict:
-    """Write the report and publish the output; returns the summary."""
+             overwrite: bool = False, extra: dict | None = None, trace: str | os.PathLike | None = None,
+             qc_faces: int | None = 256, pictures: bool = True, grid: bool = False) -> dict:
+    """Write the report (regions table, seam QC, pictures, summary) and publish
+    the output; returns the summary.
+
+    ``trace``: a Nextflow trace file for per-step timings; ``qc_faces``: block
+    faces sampled by the seam QC (None: all); ``grid``: draw the block grid on
+    the projections.
+    """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     table = Lut.open(plan, lut)
@@ -77,13 +88,29 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
+    output_levels = LabelOutput.open(plan).levels
+    summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
+    if summary["seam_qc"]["flagged"]:
+        log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s)",
+                    summary["seam_qc"]["seam_break_rate"], summary["seam_qc"]["control_break_rate"])
+    made: list[dict] = []
+    if pictures:
+        source = open_image(plan.image) if plan.image else None
+        try:
+            made = qc_pictures(plan, source, output_levels, staged, summary["seam_qc"]["busiest_faces"], grid=grid)
+        finally:
+            if source is not None:
+                source.close()
+    summary["report"]["pictures"] = made
+    if trace:
+        summary["trace_timings"] = trace_timings(trace)
     summary["finalize_seconds"] = round(time.perf_counter() - t0, 4)
     atomic_write_json(staged / "summary.json", summary)
+    write_reports(staged, summary, made)
 
-    for target in (output, report):
-        if target.exists():
-            remove_path(target)
-    replace_tree(plan.partial_output, output)
+    publish(plan, overwrite)
+    if report.exists():
+        remove_path(report)
     replace_tree(staged, report)
     log.info("wrote %d objects to %s (report in %s)", n_objects, output, report)
     return summary

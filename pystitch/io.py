@@ -446,17 +446,6 @@ def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
 LABEL_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
-def create_array(uri: str, shape: Sequence[int], chunks: Sequence[int], dtype: Any,
-                 attributes: dict | None = None, zarr_format: int = 3) -> zarr.Array:
-    """Create (or replace) a zarr array of labels with fill value 0."""
-    kwargs: dict = {"compressors": [LABEL_CODEC]} if zarr_format == 3 else {}
-    return zarr.create_array(
-        store=uri, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0, overwrite=True, zarr_format=zarr_format,
-        attributes=attributes or {}, **kwargs,
-    )
-
-
 def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
                        dtype: Any, attributes: dict | None = None) -> zarr.Array:
     return group.create_array(

@@ -32,12 +32,13 @@ from ._version import __version__
 from .backends import Backend, get_backend, make_backend
 from .errors import InputError, OutputExistsError, PlanMismatchError, StagingError
 from .io import ImageSource, ImageSpec, absolute_uri, is_url, open_image
+from .output import NGFF_VERSIONS, OUTPUT_FORMATS, image_pyramid_factors, ngff_version_of, pyramid_factors
 from .storage import atomic_write_json, read_json, remove_path
 
 log = logging.getLogger(__name__)
 
 PLAN_FORMAT = 1
-RULES = ("exact", "match")
+RULES = ("exact", "match", "none")
 LABEL_DTYPES = ("auto", "uint16", "uint32", "uint64")
 #: IoU threshold of the match rule.  Mutual best matching is what keeps
 #: touching cells apart; the threshold only refuses slivers.  Measured on
@@ -162,6 +163,10 @@ class Plan:
     label_dtype: str = "auto"
     voxel_size: tuple[float, ...] | None = None
     unit: str | None = None
+    output_format: str = "ome-zarr"
+    ngff_version: str = "0.4"
+    pyramid: tuple[tuple[int, ...], ...] = ()
+    label_name: str | None = None  # set when the labels go inside the input OME-Zarr image
     empty_blocks: tuple[int, ...] = ()
     stats: dict = field(default_factory=dict)
     format: int = PLAN_FORMAT
@@ -195,6 +200,18 @@ class Plan:
             raise InputError(f"Expected min_iou in (0, 1]. Got {self.min_iou} instead.")
         if self.label_dtype not in LABEL_DTYPES:
             raise InputError(f"Expected label_dtype among {', '.join(LABEL_DTYPES)}. Got {self.label_dtype!r} instead.")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InputError(f"Expected an output format among {', '.join(OUTPUT_FORMATS)}. "
+                             f"Got {self.output_format!r} instead.")
+        if self.ngff_version not in NGFF_VERSIONS:
+            raise InputError(f"Expected an NGFF version among {', '.join(NGFF_VERSIONS)}. "
+                             f"Got {self.ngff_version!r} instead.")
+        if not self.pyramid:
+            object.__setattr__(self, "pyramid", ((1,) * nd,))
+        for f in self.pyramid:
+            if len(f) != nd or any(b % x for b, x in zip(self.block_shape, f)):
+                raise InputError(f"Expected pyramid strides that divide the block shape {self.block_shape}. "
+                                 f"Got {f} instead.")
 
     def to_dict(self) -> dict:
         return {
@@ -214,6 +231,10 @@ class Plan:
             "work_dir": self.work_dir,
             "output": self.output,
             "report_dir": self.report_dir,
+            "output_format": self.output_format,
+            "ngff_version": self.ngff_version,
+            "pyramid": [list(f) for f in self.pyramid],
+            "label_name": self.label_name,
             "empty_blocks": list(self.empty_blocks),
             "stats": self.stats,
         }
@@ -230,6 +251,7 @@ class Plan:
         d["image"] = ImageSpec.from_dict(d["image"]) if d.get("image") else None
         for key in ("shape", "block_shape", "halo", "empty_blocks"):
             d[key] = tuple(int(v) for v in d[key])
+        d["pyramid"] = tuple(tuple(int(v) for v in f) for f in d.get("pyramid", ()))
         if d.get("voxel_size"):
             d["voxel_size"] = tuple(float(v) for v in d["voxel_size"])
         return cls(**d)
@@ -448,6 +470,9 @@ def plan_blocks(
     channel_axis: int | None = None,
     timepoint: int | None = None,
     backend_options: dict | None = None,
+    output_format: str = "ome-zarr",
+    ngff_version: str | None = None,
+    pyramid_levels: int | None = None,
     progress: bool = False,
 ) -> Plan:
     """Plan a run: validate everything, scan the image once for the statistics
@@ -478,15 +503,19 @@ def plan_blocks(
         else:
             halo_t = parse_shape(halo, ndim, "halo", minimum=0)
         rule = rule or be.default_rule
-        wd = absolute_uri(work_dir) if work_dir else default_work_dir(output)
-        rd = absolute_uri(report_dir) if report_dir else default_report_dir(output)
+        label_name, ngff, pyramid = _output_layout(source, output, block, output_format, ngff_version,
+                                                   pyramid_levels)
+        stem = output if not label_name else f"{re.sub(r'[.](ome[.])?zarr$', '', spec.uri)}_{label_name}"
+        wd = absolute_uri(work_dir) if work_dir else default_work_dir(stem)
+        rd = absolute_uri(report_dir) if report_dir else default_report_dir(stem)
         if Path(output).exists() and not overwrite:
             raise OutputExistsError(f"The output {output} exists. Expected a new path, or --overwrite to replace it.")
         draft = Plan(
             image=spec, shape=source.shape, dtype=str(source.dtype), axes=source.axes,
             block_shape=block, halo=halo_t, backend={"name": be.name, **be.params()}, rule=rule,
             min_iou=float(min_iou), label_dtype=str(label_dtype), work_dir=wd, output=output,
-            report_dir=rd, voxel_size=source.voxel_size, unit=source.unit,
+            report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
+            ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
         )
         request = {"backend": draft.backend, "skip_empty": bool(skip_empty), "stats_level": stats_level}
         existing = Path(wd) / "plan.json"
@@ -514,6 +543,37 @@ def plan_blocks(
     log.info("planned %d blocks (grid %s, block %s, halo %s, %d empty) for %s -> %s",
              plan.n_blocks, plan.grid, plan.block_shape, plan.halo, len(plan.empty_blocks), spec.uri, output)
     return plan
+
+
+def _output_layout(source: ImageSource, output: str, block: tuple[int, ...], output_format: str,
+                   ngff_version: str | None, levels: int | None) -> tuple[str | None, str, list]:
+    """(label name when writing into the input image, NGFF version, pyramid strides)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"Expected an output format among {', '.join(OUTPUT_FORMATS)}. Got {output_format!r} instead.")
+    out = Path(output)
+    into_image = out.parent.name == "labels" and str(out.parent.parent) == source.spec.uri
+    image_version = ngff_version_of(source) if into_image else None
+    if into_image and (image_version is None or output_format != "ome-zarr" or source.spec.array_path):
+        raise InputError(
+            f"Labels can go inside the input image ({output}) only when the input is an OME-Zarr image and the "
+            "output format is ome-zarr. Expected another output path."
+        )
+    if into_image and ngff_version not in (None, image_version):
+        raise InputError(f"The labels of an NGFF {image_version} image must be NGFF {image_version}. "
+                         f"Got --ngff-version {ngff_version} instead.")
+    version = image_version or ngff_version or "0.4"
+    if output_format == "zarr":
+        if levels not in (None, 1):
+            raise InputError("A pyramid needs --output-format ome-zarr.")
+        return None, version, [(1,) * source.ndim]
+    pyramid = None
+    if into_image and levels is None:
+        factors = image_pyramid_factors(source.levels)
+        if factors and len(factors) > 1 and all(b % f == 0 for fs in factors for b, f in zip(block, fs)):
+            pyramid = factors  # the same levels as the image, so viewers overlay them
+    if pyramid is None:
+        pyramid = pyramid_factors(source.shape, block, source.voxel_size, levels)
+    return (out.name if into_image else None), version, pyramid
 
 
 def _load_quietly(path: Path) -> "Plan | None":

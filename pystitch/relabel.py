@@ -19,6 +19,7 @@ import numpy as np
 from ._core._lut import apply_lut_flat
 from ._core._regions import region_stats_3d
 from .errors import InputError, StagingError
+from .output import LabelOutput
 from .plan import Plan, parse_block_ids
 from .resolve import Lut
 from .staging import Staging
@@ -92,7 +93,7 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ids = parse_block_ids(blocks, plan.n_blocks)
     table = Lut.open(plan, lut)
-    output = table.output_array()
+    output = LabelOutput.open(plan)
     staging = Staging(plan)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
     for b in ids:
@@ -109,7 +110,7 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
             )
         block_lut = np.zeros(n + 1, dtype=table.dtype)
         block_lut[1:] = table.read(offset + 1, offset + n + 1)
-        output[plan.core(b)] = apply_lut_array(local, block_lut)
+        output.write_block(b, apply_lut_array(local, block_lut))
         core = plan.core(b)
         stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
         rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))

@@ -29,7 +29,7 @@ import zarr
 from ._core._unionfind import union_find_min
 from ._version import __version__
 from .errors import InputError, LabelOverflowError, StagingError
-from .io import create_array
+from .output import LabelOutput
 from .plan import Plan
 from .staging import block_label_count, read_manifests, require_manifests
 from .storage import atomic_write_json, check_plan_hash, read_npz, remove_path
@@ -169,13 +169,6 @@ class Lut:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.lut[start:stop]
 
-    def output_array(self) -> zarr.Array:
-        try:
-            arr = zarr.open_array(store=self.plan.partial_output, mode="r+")
-        except (FileNotFoundError, zarr.errors.ArrayNotFoundError) as exc:
-            raise StagingError(f"The partial output {self.plan.partial_output} is missing (run resolve first).") from exc
-        check_plan_hash(arr.attrs.get("plan_hash"), self.plan.hash, self.plan.partial_output)
-        return arr
 
 
 def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any = None,
@@ -220,10 +213,8 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
     group.create_array(name="offsets", shape=offsets.shape, chunks=(max(1, len(offsets)),), dtype=np.uint64,
                        fill_value=0)[:] = offsets
 
-    # the output array is created here because only now is its dtype known
-    remove_path(plan.partial_output)
-    create_array(plan.partial_output, plan.shape, plan.block_shape, dtype,
-                 attributes={"plan_hash": plan.hash, "pystitch": __version__})
+    # the output is created here because only now is its dtype known
+    LabelOutput.create(plan, dtype)
     remove_path(uri)
     os.replace(tmp, uri)
     summary = {

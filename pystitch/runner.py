@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 
 from .faces import face_pairs, pairs_name
 from .finalize import finalize
+from .output import LabelOutput
 from .plan import DEFAULT_MIN_IOU, Plan, batches, plan_blocks
 from .relabel import apply_lut, stats_name
 from .resolve import Lut, resolve
 from .segment import segment_blocks
-from .storage import atomic_write_json, read_npz, remove_path
+from .storage import read_npz, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable
 
 def _lut_reusable(plan: Plan) -> bool:
     try:
-        Lut.open(plan).output_array()
+        Lut.open(plan)
+        LabelOutput.open(plan)
     except Exception:
         return False
     return True
@@ -114,7 +116,9 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         overwrite: bool = False, keep_work: bool = False, workers: int = 1, batch_size: int = BATCH_SIZE,
         skip_empty: bool = True, stats_level: int | None = None, progress: bool = True,
         array_path: str | None = None, level: int | None = None, channel: Any = None,
-        channel_axis: int | None = None, timepoint: int | None = None, **backend_options: Any) -> dict:
+        channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
+        ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
+        grid: bool = False, **backend_options: Any) -> dict:
     """Segment ``image`` block by block and stitch the labels into ``output``.
 
     Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
@@ -128,7 +132,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
         skip_empty=skip_empty, stats_level=stats_level, workers=workers, array_path=array_path, level=level,
         channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
-        progress=progress)
+        output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels, progress=progress)
     plan_path = str(plan.plan_path)
     timings["plan"] = time.perf_counter() - t
     todo = plan.work_blocks()
@@ -161,11 +165,8 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         pass
     timings["apply_lut"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    summary = finalize(plan, overwrite=overwrite, extra={"workers": workers})
-    timings["finalize"] = time.perf_counter() - t
-    summary["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    atomic_write_json(Path(plan.report_dir) / "summary.json", summary)
+    summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
+                       extra={"workers": workers, "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
     if not keep_work:
         plan.clean_work_dir()
     return summary

@@ -31,8 +31,10 @@ def save(path: Path, data: np.ndarray, chunks=None, zarr_format: int = 3) -> str
     return str(path)
 
 
-def load(path) -> np.ndarray:
-    return zarr.open_array(str(path), mode="r")[:]
+def load(path, level: int = 0) -> np.ndarray:
+    """A label image: a plain zarr array, or one level of an OME-Zarr image."""
+    node = zarr.open(store=str(path), mode="r")
+    return (node if isinstance(node, zarr.Array) else node[str(level)])[:]
 
 
 def run_steps(image: str, output: Path, *, block_shape, halo, order_seed: int | None = None,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from helpers import save
+from helpers import load, save
 from pystitch._version import __version__
 from pystitch.example import blobs
 
@@ -55,8 +55,8 @@ def test_cli_chain_equals_run(tmp_path):
 
     sh("pystitch", "run", img, tmp_path / "run.zarr", "--block-shape", "8,16,16", "--halo", "1,2,2",
        "--threshold", "500", "--connectivity", "3", "--workers", "2")
-    chain = zarr.open_array(str(tmp_path / "chain.zarr"))[:]
-    run = zarr.open_array(str(tmp_path / "run.zarr"))[:]
+    chain = load(tmp_path / "chain.zarr")
+    run = load(tmp_path / "run.zarr")
     assert chain.max() > 3
     np.testing.assert_array_equal(chain, run)
     assert (tmp_path / "chain_report" / "regions.csv").read_bytes() == \

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 import pystitch
-from helpers import run_steps, save
+from helpers import load, run_steps, save
 from pystitch.example import blobs
 from pystitch.plan import Plan
 from pystitch.resolve import Lut
@@ -30,7 +30,7 @@ def test_block_order_and_batching_do_not_change_the_output(tmp_path):
                   connectivity=3)
         outputs.append(out)
     first = tree_bytes(outputs[0])
-    assert any("c/" in k for k in first)
+    assert sum(k.startswith("0/") for k in first) > 10  # level-0 chunks
     for other in outputs[1:]:
         assert tree_bytes(other) == first
     csvs = [(Path(str(o).replace(".zarr", "_report")) / "regions.csv").read_bytes() for o in outputs]
@@ -78,4 +78,4 @@ def test_one_or_two_workers_give_identical_bytes(tmp_path):
     assert (tmp_path / "w1_report" / "regions.csv").read_bytes() == (tmp_path / "w2_report" / "regions.csv").read_bytes()
     # work directories are removed after success unless asked to keep them
     assert not (tmp_path / "w1_work").exists()
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "w1.zarr"))[:] > 0, image > 500)
+    np.testing.assert_array_equal(load(tmp_path / "w1.zarr") > 0, image > 500)

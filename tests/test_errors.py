@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 import pystitch
-from helpers import run_steps, save
+from helpers import load, run_steps, save
 from pystitch.errors import (
     InputError, InputNotFoundError, LabelOverflowError, OutputExistsError, PlanMismatchError, SegmenterError,
     StagingError,
@@ -122,11 +122,11 @@ def test_bad_input(tmp_path, img, case, factory, opts, exc, fragment):
 def test_output_exists_needs_overwrite(tmp_path, img):
     out = tmp_path / "out.zarr"
     _run(img, out)
-    before = zarr.open_array(str(out))[:]
+    before = load(out)
     with pytest.raises(OutputExistsError, match="exists. Expected a new path, or --overwrite"):
         _run(img, out)
     _run(img, out, overwrite=True, threshold=1000)
-    after = zarr.open_array(str(out))[:]
+    after = load(out)
     image = zarr.open_array(img)[:]
     np.testing.assert_array_equal(after > 0, image > 1000)
     assert (after > 0).sum() < (before > 0).sum()
@@ -135,11 +135,11 @@ def test_output_exists_needs_overwrite(tmp_path, img):
 def test_failed_run_leaves_previous_output_untouched(tmp_path, img):
     out = tmp_path / "out.zarr"
     _run(img, out)
-    before = zarr.open_array(str(out))[:]
+    before = load(out)
     with pytest.raises(SegmenterError):
         pystitch.run(img, out, block_shape=(8, 16, 16), halo=(1, 2, 2), backend="callable",
                      function=f"{SEG}:fail", overwrite=True, progress=False)
-    np.testing.assert_array_equal(zarr.open_array(str(out))[:], before)
+    np.testing.assert_array_equal(load(out), before)
 
 
 def test_label_overflow_names_the_numbers(tmp_path):

@@ -130,5 +130,5 @@ def test_empty_blocks_are_skipped_and_result_exact(tmp_path):
     out = load(tmp_path / "out.zarr")
     assert_partition_equivalent(out, reference(image, 1))
     # empty blocks are never written: their output chunks do not exist
-    chunks = [p for p in (tmp_path / "out.zarr" / "c").rglob("*") if p.is_file()]
+    chunks = [p for p in (tmp_path / "out.zarr" / "0").rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert len(chunks) == 3
