@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import zarr
 
-from ._core._unionfind import union_find_min
+from ._core._unionfind import union_find_dense, union_find_min
 from ._version import __version__
 from .errors import InputError, LabelOverflowError, StagingError
 from .output import LabelOutput
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: the largest id each output dtype can hold
 DTYPE_LIMITS = {name: int(np.iinfo(name).max) for name in ("uint16", "uint32", "uint64")}
 LUT_CHUNK = 1 << 18
+#: up to this many provisional ids, resolve numbers them in one array in memory
+#: (4 bytes each: 2 GiB at the limit); beyond, it works on the ids in pairs only
+DENSE_MAX_IDS = 1 << 29
 
 
 def union_find(left: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray, int]:
@@ -56,26 +59,42 @@ def union_find(left: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray,
     return union_find_min(left, right, int(n))
 
 
-def final_lut(n_provisional: int, pairs: np.ndarray, chunk: int = LUT_CHUNK) -> tuple[Iterable[np.ndarray], int, int]:
+def final_lut(n_provisional: int, pairs: np.ndarray, chunk: int = LUT_CHUNK,
+              dense_max: int | None = None) -> tuple[Iterable[np.ndarray], int, int]:
     """Final ids for provisional ids ``0..n_provisional`` (0 is background).
 
     ``pairs`` is (M, 2) of provisional ids.  Returns ``(chunks, n_final,
     merges)`` where ``chunks`` yields the lut in consecutive pieces of
-    ``chunk`` entries (uint64), so the whole table never has to be in memory.
+    ``chunk`` entries (uint64).
+
+    Two shapes, chosen by size (as a lut should be): up to ``dense_max`` ids
+    (default DENSE_MAX_IDS) the union-find runs directly on the provisional ids
+    and numbers them in place (one array of 4 bytes per object); beyond, it
+    runs on the ids that occur in pairs only and the lut is computed chunk by
+    chunk, so memory follows the number of objects crossing seams.
     """
     pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
     if pairs.size and (pairs.min() == 0 or pairs.max() > n_provisional):
         raise InputError(f"Expected provisional ids in 1..{n_provisional} in the pairs.")
-    uniq = np.unique(pairs)
-    left = np.searchsorted(uniq, pairs[:, 0])
-    right = np.searchsorted(uniq, pairs[:, 1])
-    roots, merges = union_find(left, right, len(uniq))
+    dense_max = DENSE_MAX_IDS if dense_max is None else dense_max
+    if n_provisional + 1 <= dense_max:
+        dtype = np.uint32 if n_provisional < 2 ** 32 - 1 else np.uint64
+        lut = np.arange(n_provisional + 1, dtype=dtype)
+        n_final, merges = union_find_dense(np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]),
+                                           lut)
+        pieces = (lut[i:i + chunk].astype(np.uint64) for i in range(0, n_provisional + 1, chunk))
+        return pieces, int(n_final), int(merges)
+
+    uniq, index = np.unique(pairs.reshape(-1), return_inverse=True)
+    index = index.reshape(-1, 2)
+    roots, merges = union_find(index[:, 0], index[:, 1], len(uniq))
     nonroot = roots != np.arange(len(uniq))
     nonroot_ids = uniq[nonroot]                      # sorted: they are joined to a smaller id
-    root_ids = uniq[roots[nonroot]]
     # a provisional id that is a root or in no pair gets the next final id:
     # final(p) = p - #{non-root ids < p}; a non-root id takes its root's final id
-    root_final = root_ids - np.searchsorted(nonroot_ids, root_ids).astype(np.uint64)
+    nonroot_before = np.cumsum(nonroot) - nonroot    # per index into uniq
+    root_index = roots[nonroot]
+    root_final = uniq[root_index] - nonroot_before[root_index].astype(np.uint64)
     n_final = int(n_provisional - len(nonroot_ids))
 
     def chunks() -> Iterable[np.ndarray]:

@@ -106,12 +106,13 @@ def test_union_find_rejects_bad_indices():
 
 
 @SETTINGS
-@given(st.integers(0, 300), st.data(), st.integers(1, 64))
-def test_final_lut_sequential_by_smallest_id(n_prov, data, chunk):
+@given(st.integers(0, 300), st.data(), st.integers(1, 64), st.sampled_from([0, 1 << 40]))
+def test_final_lut_sequential_by_smallest_id(n_prov, data, chunk, dense_max):
+    """Both lut shapes (sparse: dense_max 0; dense) against the reference."""
     m = data.draw(st.integers(0, 2 * n_prov)) if n_prov else 0
     pairs = data.draw(hnp.arrays(np.uint64, (m, 2), elements=st.integers(1, max(1, n_prov)))) if n_prov else \
         np.zeros((0, 2), np.uint64)
-    pieces, n_final, merges = final_lut(n_prov, pairs, chunk=chunk)
+    pieces, n_final, merges = final_lut(n_prov, pairs, chunk=chunk, dense_max=dense_max)
     lut = np.concatenate(list(pieces))
     assert len(lut) == n_prov + 1 and lut[0] == 0
     # reference: components of 1..n_prov numbered in order of their smallest member

@@ -9,7 +9,7 @@ duplicated pairs give the identical result.
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cnp.import_array()
 
@@ -48,3 +48,51 @@ def union_find_min(const int64_t[::1] left, const int64_t[::1] right, Py_ssize_t
         for i in range(n):
             parent[i] = parent[parent[i]]
     return roots, int(merges)
+
+
+ctypedef fused parent_t:
+    uint32_t
+    uint64_t
+
+
+cdef inline parent_t _find_dense(parent_t* parent, parent_t x) noexcept nogil:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def union_find_dense(const uint64_t[::1] left, const uint64_t[::1] right, parent_t[::1] parent):
+    """Union-find over ids ``0..len(parent)-1`` given as the ids themselves
+    (no compression), then number the sets in place.
+
+    ``parent`` must hold ``arange(len(parent))`` on entry; on return it holds
+    the final id of every element: sets are numbered 1, 2, ... in the order of
+    their smallest element, element 0 (background) keeps 0.  Returns
+    ``(n_sets, merges)`` where ``n_sets`` excludes element 0.  Ids must be
+    below ``len(parent)`` (checked by the caller).
+    """
+    cdef Py_ssize_t i, m = left.shape[0], n = parent.shape[0]
+    cdef parent_t ra, rb, nxt = 0
+    cdef parent_t* p = &parent[0]
+    cdef int64_t merges = 0
+    with nogil:
+        for i in range(m):
+            ra = _find_dense(p, <parent_t>left[i])
+            rb = _find_dense(p, <parent_t>right[i])
+            if ra == rb:
+                continue
+            merges += 1
+            if ra < rb:
+                p[rb] = ra
+            else:
+                p[ra] = rb
+        # ascending: a non-root's parent is smaller, so it already holds the
+        # final id of their common set
+        for i in range(1, n):
+            if p[i] == <parent_t>i:
+                nxt += 1
+                p[i] = nxt
+            else:
+                p[i] = p[p[i]]
+    return int(nxt), int(merges)
