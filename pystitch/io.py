@@ -10,9 +10,11 @@ of it as numpy arrays, with the selected channel(s) and time point applied.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
+from collections import OrderedDict
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,6 +142,8 @@ class ImageSource:
         index = tuple(next(it) if s is None else s for s in self._index)
         if any(isinstance(s, list) for s in index):
             data = self.array.oindex[index]
+        elif CHUNK_CACHE.capacity > 0 and _regular_chunks(self.array) is not None:
+            data = CHUNK_CACHE.read(self._cache_key, self.array, index)
         else:
             data = self.array[index]
         data = np.asarray(data)
@@ -147,10 +151,98 @@ class ImageSource:
             data = np.moveaxis(data, self._channel_pos, 0)
         return data
 
+    @property
+    def _cache_key(self) -> tuple:
+        spec = self.spec
+        return (spec.uri, spec.array_path, spec.level)
+
     def close(self) -> None:
         if self._keep is not None:
             self._keep.close()
             self._keep = None
+
+
+# --------------------------------------------------------------------------- chunk cache
+
+
+def _regular_chunks(array: Any) -> tuple[int, ...] | None:
+    try:
+        chunks = array.chunks
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return tuple(int(c) for c in chunks) if chunks and len(chunks) == array.ndim else None
+
+
+class ChunkCache:
+    """Decoded input chunks, least recently used dropped first (per process).
+
+    Blocks read their core plus a halo, so neighbouring blocks read the same
+    chunks: without a cache a chunk-sized block decodes up to 3**ndim chunks.
+    Tasks that process neighbouring blocks in order (the local runner's
+    batches, a workflow's batches of consecutive ids) decode each chunk about
+    once.  ``PYSTITCH_READ_CACHE_MB`` sets the size (0 disables it).
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self.used = 0
+        self.chunks: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+    def _put(self, key: tuple, data: np.ndarray) -> None:
+        if data.nbytes > self.capacity:
+            return
+        self.chunks[key] = data
+        self.used += data.nbytes
+        while self.used > self.capacity:
+            _, old = self.chunks.popitem(last=False)
+            self.used -= old.nbytes
+
+    def read(self, source_key: tuple, array: Any, index: tuple) -> np.ndarray:
+        """``array[index]`` for an index of slices and integers, from cached chunks."""
+        chunks = _regular_chunks(array)
+        assert chunks is not None
+        shape = array.shape
+        spans = []   # per axis: (first chunk, last chunk + 1)
+        for ix, c, n in zip(index, chunks, shape):
+            if isinstance(ix, slice):
+                start, stop, _ = ix.indices(n)
+                spans.append((start // c, max(start // c + 1, -(-stop // c))))
+            else:
+                spans.append((int(ix) // c, int(ix) // c + 1))
+        grid = list(itertools.product(*(range(a, b) for a, b in spans)))
+        missing = [g for g in grid if (source_key, g) not in self.chunks]
+        if missing:
+            lo = [min(g[a] for g in missing) for a in range(len(shape))]
+            hi = [max(g[a] for g in missing) + 1 for a in range(len(shape))]
+            box = tuple(slice(l * c, min(h * c, n)) for l, h, c, n in zip(lo, hi, chunks, shape))
+            data = np.asarray(array[box])
+            for g in itertools.product(*(range(l, h) for l, h in zip(lo, hi))):
+                key = (source_key, g)
+                if key not in self.chunks:
+                    sub = tuple(slice((gi - l) * c, (gi - l + 1) * c) for gi, l, c in zip(g, lo, chunks))
+                    self._put(key, data[sub].copy())
+            if any((source_key, g) not in self.chunks for g in grid):
+                return np.asarray(array[index])  # the request is larger than the cache
+        out_shape = [len(range(*ix.indices(n))) for ix, n in zip(index, shape) if isinstance(ix, slice)]
+        out = np.empty(out_shape, dtype=array.dtype)
+        for g in grid:
+            chunk = self.chunks[(source_key, g)]
+            self.chunks.move_to_end((source_key, g))
+            src, dst = [], []
+            for ix, gi, c, n in zip(index, g, chunks, shape):
+                c0 = gi * c
+                if isinstance(ix, slice):
+                    start, stop, _ = ix.indices(n)
+                    lo_, hi_ = max(start, c0), min(stop, c0 + c)
+                    src.append(slice(lo_ - c0, hi_ - c0))
+                    dst.append(slice(lo_ - start, hi_ - start))
+                else:
+                    src.append(int(ix) - c0)
+            out[tuple(dst)] = chunk[tuple(src)]
+        return out
+
+
+CHUNK_CACHE = ChunkCache(int(float(os.environ.get("PYSTITCH_READ_CACHE_MB", "256")) * 2 ** 20))
 
 
 # --------------------------------------------------------------------------- opening
@@ -442,8 +534,9 @@ def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
 
 # --------------------------------------------------------------------------- writing
 
-#: compression for label arrays: fast, and labels compress very well
-LABEL_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+#: compression for label arrays: labels are long runs of few values, which
+#: bit-shuffled lz4 packs small and decodes fastest (see benchmarks/)
+LABEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
