@@ -20,6 +20,7 @@ without a manifest is unfinished and is never consumed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from ._version import __version__
 from .errors import StagingError
@@ -38,6 +40,15 @@ STAGING_DTYPE = np.uint32
 #: local ids are stored as uint32: at most this many objects per block
 MAX_LOCAL_LABELS = int(np.iinfo(STAGING_DTYPE).max)
 SIDES = ("lo", "hi")
+
+
+def write_concurrently(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
+    """``array[region] = data`` for several (array, region, data) at once: the
+    chunks are encoded and stored concurrently instead of one after another."""
+    async def run() -> None:
+        await asyncio.gather(*(arr.async_array.setitem(region, data) for arr, region, data in writes))
+
+    zarr_sync(run())
 
 
 def slab_name(axis: int, side: str) -> str:
@@ -66,6 +77,7 @@ class Staging:
             raise StagingError(f"Staging store not found: {plan.staging_uri} (run plan-blocks first).") from exc
         check_plan_hash(self.group.attrs.get("plan_hash"), plan.hash, plan.staging_uri)
         self.core = self.group["core"]
+        self._slabs = {(a, side): self.group[slab_name(a, side)] for a in plan.split_axes() for side in SIDES}
 
     def _slab_region(self, block: int, axis: int) -> tuple[slice, ...]:
         idx = self.plan.block_index(block)
@@ -77,7 +89,7 @@ class Staging:
         plan = self.plan
         core = plan.core(block)
         inner = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(core, ext))
-        self.core[core] = labels[inner]
+        writes = [(self.core, core, labels[inner])]
         idx = plan.block_index(block)
         for axis in plan.split_axes():
             for side in SIDES:
@@ -92,10 +104,11 @@ class Staging:
                     src.append(slice(lo - e.start, hi - e.start))
                     dst.append(slice(lo - o, hi - o))
                 slab[tuple(dst)] = labels[tuple(src)]
-                self.group[slab_name(axis, side)][self._slab_region(block, axis)] = slab
+                writes.append((self._slabs[axis, side], self._slab_region(block, axis), slab))
+        write_concurrently(writes)
 
     def read_slab(self, block: int, axis: int, side: str) -> np.ndarray:
-        return self.group[slab_name(axis, side)][self._slab_region(block, axis)]
+        return self._slabs[axis, side][self._slab_region(block, axis)]
 
     def read_core(self, block: int) -> np.ndarray:
         return self.core[self.plan.core(block)]
@@ -140,7 +153,8 @@ def _manifest_files(source: Any) -> Iterable[Path]:
 def read_manifests(plan: Plan, source: Any = None) -> dict[int, dict]:
     """Read block manifests from a directory, files, or JSON Lines files
     (concatenated manifests).  ``source`` None means the plan's manifest dir."""
-    source = plan.manifest_dir if source is None else source
+    if source is None:  # the plan's own directory; absent when no block needed work
+        source = [plan.manifest_dir] if plan.manifest_dir.is_dir() else []
     found: dict[int, dict] = {}
     for path in _manifest_files(source):
         if not path.exists():
