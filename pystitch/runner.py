@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from .faces import face_pairs, pairs_name
 from .finalize import finalize
 from .output import LabelOutput
-from .plan import DEFAULT_MIN_IOU, Plan, batches, plan_blocks
+from .plan import Plan, batches, plan_blocks
 from .relabel import apply_lut, stats_name
 from .resolve import Lut, resolve
 from .segment import segment_blocks
@@ -34,11 +35,43 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 32
 
 
+_POOL: ProcessPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers are never forked from this process (zarr's I/O threads do not
+    survive a fork): a fork server that has imported pystitch once starts them
+    quickly where available, else they are spawned."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pystitch.runner"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[None]:
+    """Keep one pool of ``workers`` processes for every step inside the block:
+    workers start (and import numpy, scipy, zarr) once per run, not per step."""
+    global _POOL, _POOL_SIZE
+    if workers <= 1 or _POOL is not None:
+        yield
+        return
+    _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    _POOL_SIZE = workers
+    try:
+        yield
+    finally:
+        _POOL.shutdown(cancel_futures=True)
+        _POOL, _POOL_SIZE = None, 0
+
+
 def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress: bool = False,
                desc: str = "") -> Iterator[Any]:
-    """Apply ``fn`` to every task, in ``workers`` processes (spawned: zarr's
-    I/O threads do not survive a fork).  Yields results as they complete; the
-    first failure cancels what has not started and is raised."""
+    """Apply ``fn`` to every task, in ``workers`` processes.  Yields results as
+    they complete; the first failure cancels what has not started and is
+    raised."""
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="task", leave=False)
     try:
         if workers <= 1 or len(tasks) <= 1:
@@ -46,8 +79,9 @@ def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress
                 yield fn(t)
                 bar.update()
             return
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        with worker_pool(workers):
+            pool = _POOL
+            assert pool is not None
             pending = {pool.submit(fn, t) for t in tasks}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -111,7 +145,7 @@ def _lut_reusable(plan: Plan) -> bool:
 
 
 def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any, halo: Any = None,
-        backend: str = "threshold", rule: str | None = None, min_iou: float = DEFAULT_MIN_IOU, label_dtype: str = "auto",
+        backend: str = "threshold", rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto",
         work_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
         overwrite: bool = False, keep_work: bool = False, workers: int = 1, batch_size: int = BATCH_SIZE,
         skip_empty: bool = True, stats_level: int | None = None, progress: bool = True,
@@ -125,6 +159,22 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
     ``function="pkg.mod:fn"``, ...) are passed as keyword arguments.  Returns
     the run summary (also written to ``<report_dir>/summary.json``).
     """
+    with worker_pool(workers):
+        return _run(image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
+                    label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
+                    keep_work=keep_work, workers=workers, batch_size=batch_size, skip_empty=skip_empty,
+                    stats_level=stats_level, progress=progress, array_path=array_path, level=level, channel=channel,
+                    channel_axis=channel_axis, timepoint=timepoint, output_format=output_format,
+                    ngff_version=ngff_version, pyramid_levels=pyramid_levels, pictures=pictures, grid=grid,
+                    **backend_options)
+
+
+def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None, min_iou: float | None,
+         label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool, workers: int,
+         batch_size: int, skip_empty: bool, stats_level: int | None, progress: bool, array_path: str | None,
+         level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
+         ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool,
+         **backend_options: Any) -> dict:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     plan = plan_blocks(
@@ -138,8 +188,10 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
     todo = plan.work_blocks()
 
     t = time.perf_counter()
-    for _ in map_blocks(_segment_task, [(plan_path, [b]) for b in todo], workers=workers, progress=progress,
-                        desc="segment"):
+    # rows of neighbouring blocks per task: they read the same input chunks (see io.ChunkCache)
+    row = min(max(plan.grid[-1], 4), 64)
+    for _ in map_blocks(_segment_task, [(plan_path, g) for g in batches(todo, row)], workers=workers,
+                        progress=progress, desc="segment"):
         pass
     timings["segment"] = time.perf_counter() - t
 
