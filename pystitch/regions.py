@@ -24,7 +24,7 @@ from .storage import check_plan_hash, read_npz
 def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int]) -> dict[str, np.ndarray]:
     """Load the per-batch statistics files written by apply-lut."""
     if sources is None:
-        sources = [plan.stats_dir]
+        sources = [plan.stats_dir] if plan.stats_dir.is_dir() else []
     elif isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     paths: list[Path] = []

@@ -128,7 +128,7 @@ def read_pairs(plan: Plan, sources: Any) -> tuple[list[np.ndarray], set[int]]:
     """Load pairs files (a directory, files, or a list of both).  Returns the
     (M, 4) arrays and the set of blocks they cover."""
     if sources is None:
-        sources = [plan.pairs_dir]
+        sources = [plan.pairs_dir] if plan.pairs_dir.is_dir() else []
     elif isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     paths: list[Path] = []
