@@ -28,6 +28,6 @@ from .segment import segment_blocks
 
 __all__ = [
     "__version__", "run", "Plan", "plan_blocks", "segment_blocks", "face_pairs", "resolve", "apply_lut",
-    "finalize", "merge", "PystitchError", "InputError", "InputNotFoundError", "OutputExistsError", "PlanMismatchError",
-    "StagingError", "LabelOverflowError", "SegmenterError", "DeviceError",
+    "finalize", "merge", "PystitchError", "InputError", "InputNotFoundError", "OutputExistsError",
+    "PlanMismatchError", "StagingError", "LabelOverflowError", "SegmenterError", "DeviceError",
 ]

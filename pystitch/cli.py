@@ -24,7 +24,6 @@ import fire
 
 from ._version import __version__
 from .errors import PystitchError
-from .plan import DEFAULT_MIN_IOU
 
 log = logging.getLogger("pystitch")
 
@@ -64,6 +63,15 @@ def _opt_int(value: Any, name: str) -> int | None:
         raise PystitchError(f"Expected an integer for --{name}. Got {value!r} instead.") from None
 
 
+def _opt_float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PystitchError(f"Expected a number for --{name}. Got {value!r} instead.") from None
+
+
 def _flag(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -86,7 +94,7 @@ def _backend_options(options: dict) -> dict:
 
 
 def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, backend: str = "threshold",
-                rule: str | None = None, min_iou: float = DEFAULT_MIN_IOU, label_dtype: str = "auto",
+                rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto",
                 work_dir: str | None = None, report_dir: str | None = None, overwrite: bool = False,
                 skip_empty: bool = True, stats_level: int | None = None, workers: int = 1,
                 array_path: str | None = None, level: int | None = None, channel: Any = None,
@@ -103,7 +111,7 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
         halo: overlap read around each block, per axis (e.g. 8,16,16); must be smaller than the block.
         backend: threshold | callable | cellpose.
         rule: stitching rule, exact (any overlap joins) or match (mutual best IoU); default per backend.
-        min_iou: IoU threshold of the match rule.
+        min_iou: IoU threshold of the match rule (default 0.2).
         label_dtype: auto (uint32, or uint64 when needed) | uint16 | uint32 | uint64.
         work_dir: where plan, staging store and intermediate files go (default: <output stem>_work).
         report_dir: where regions table and summary go (default: <output stem>_report).
@@ -127,7 +135,7 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
 
     plan = _plan(
         str(image), str(output), block_shape=block_shape, halo=halo, backend=str(backend),
-        rule=_opt_str(rule), min_iou=float(min_iou), label_dtype=str(label_dtype),
+        rule=_opt_str(rule), min_iou=_opt_float(min_iou, "min-iou"), label_dtype=str(label_dtype),
         work_dir=_opt_str(work_dir), report_dir=_opt_str(report_dir), overwrite=_flag(overwrite, "overwrite"),
         skip_empty=_flag(skip_empty, "skip-empty"), stats_level=_opt_int(stats_level, "stats-level"),
         workers=_opt_int(workers, "workers") or 1, array_path=_opt_str(array_path),
@@ -213,6 +221,8 @@ def finalize(plan: str, lut: str | None = None, stats: Any = None, overwrite: bo
              trace: str | None = None, qc_faces: Any = 256, pictures: bool = True, grid: bool = False) -> None:
     """Merge region statistics into the regions table, check seams, draw pictures, write the summary, publish.
 
+    Prints the output path, then the report directory.
+
     Args:
         plan: path of plan.json.
         lut: lut store (default: <work_dir>/lut.zarr).
@@ -226,12 +236,15 @@ def finalize(plan: str, lut: str | None = None, stats: Any = None, overwrite: bo
     from .finalize import finalize as _finalize
 
     faces = None if str(qc_faces).lower() == "all" else _opt_int(qc_faces, "qc-faces")
-    _finalize(str(plan), lut=_opt_str(lut), stats=_paths(stats), overwrite=_flag(overwrite, "overwrite"),
-              trace=_opt_str(trace), qc_faces=faces, pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"))
+    summary = _finalize(str(plan), lut=_opt_str(lut), stats=_paths(stats), overwrite=_flag(overwrite, "overwrite"),
+                        trace=_opt_str(trace), qc_faces=faces, pictures=_flag(pictures, "pictures"),
+                        grid=_flag(grid, "grid"))
+    print(summary["output"])
+    print(summary["report_dir"])
 
 
 def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: str = "threshold",
-        rule: str | None = None, min_iou: float = DEFAULT_MIN_IOU, label_dtype: str = "auto", workers: int = 1,
+        rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto", workers: int = 1,
         work_dir: str | None = None, report_dir: str | None = None, overwrite: bool = False,
         keep_work: bool = False, skip_empty: bool = True, stats_level: int | None = None,
         array_path: str | None = None, level: int | None = None, channel: Any = None,
@@ -273,7 +286,7 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
 
     summary = _run(
         str(image), str(output), block_shape=block_shape, halo=halo, backend=str(backend), rule=_opt_str(rule),
-        min_iou=float(min_iou), label_dtype=str(label_dtype), workers=_opt_int(workers, "workers") or 1,
+        min_iou=_opt_float(min_iou, "min-iou"), label_dtype=str(label_dtype), workers=_opt_int(workers, "workers") or 1,
         work_dir=_opt_str(work_dir), report_dir=_opt_str(report_dir), overwrite=_flag(overwrite, "overwrite"),
         keep_work=_flag(keep_work, "keep-work"), skip_empty=_flag(skip_empty, "skip-empty"),
         stats_level=_opt_int(stats_level, "stats-level"), array_path=_opt_str(array_path),

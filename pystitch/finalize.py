@@ -68,6 +68,7 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
         "plan_hash": plan.hash,
         "image": plan.image.uri if plan.image else None,
         "output": str(output),
+        "report_dir": str(report),
         "shape": list(plan.shape),
         "axes": plan.axes,
         "voxel_size": list(plan.voxel_size) if plan.voxel_size else None,

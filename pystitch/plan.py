@@ -456,7 +456,7 @@ def plan_blocks(
     halo: Any = None,
     backend: str = "threshold",
     rule: str | None = None,
-    min_iou: float = DEFAULT_MIN_IOU,
+    min_iou: float | None = None,
     label_dtype: str = "auto",
     work_dir: str | os.PathLike | None = None,
     report_dir: str | os.PathLike | None = None,
@@ -513,7 +513,8 @@ def plan_blocks(
         draft = Plan(
             image=spec, shape=source.shape, dtype=str(source.dtype), axes=source.axes,
             block_shape=block, halo=halo_t, backend={"name": be.name, **be.params()}, rule=rule,
-            min_iou=float(min_iou), label_dtype=str(label_dtype), work_dir=wd, output=output,
+            min_iou=DEFAULT_MIN_IOU if min_iou is None else float(min_iou), label_dtype=str(label_dtype),
+            work_dir=wd, output=output,
             report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
             ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
         )
