@@ -148,7 +148,8 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
     return None  # type: ignore[return-value]
 
 
-def segment_block(plan: str, blocks: Any = None, manifest_dir: str | None = None, skip_existing: bool = False) -> None:
+def segment_block(plan: str, blocks: Any = None, manifest_dir: str | None = None, skip_existing: bool = False,
+                  device: str | None = None, allow_cpu_fallback: bool | None = None) -> None:
     """Segment blocks of a plan and write their labels to the staging store.
 
     Writes one manifest block-<id>.json per block, LAST (a block without a
@@ -159,11 +160,16 @@ def segment_block(plan: str, blocks: Any = None, manifest_dir: str | None = None
         blocks: block ids: one (7), a range (0-9), a list (0,3,5), a mix (0-9,12) or all.
         manifest_dir: where manifests go (default: <work_dir>/manifests).
         skip_existing: skip blocks that already have a valid manifest.
+        device: where a model runs (cellpose): auto (a GPU when the task has one), cpu, cuda, cuda:N, mps.
+            A property of the task, not of the plan.
+        allow_cpu_fallback: run on the CPU (with a warning) when the requested GPU is not available.
     """
     from .segment import segment_blocks
 
     segment_blocks(str(plan), _blocks(blocks), manifest_dir=_opt_str(manifest_dir),
-                   skip_existing=_flag(skip_existing, "skip-existing"))
+                   skip_existing=_flag(skip_existing, "skip-existing"), device=_opt_str(device),
+                   allow_cpu_fallback=None if allow_cpu_fallback is None else _flag(allow_cpu_fallback,
+                                                                                    "allow-cpu-fallback"))
 
 
 def face_pairs(plan: str, blocks: Any = None, manifests: Any = None, out: str | None = None) -> None:
@@ -250,7 +256,8 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         array_path: str | None = None, level: int | None = None, channel: Any = None,
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
-        grid: bool = False, progress: bool = True, **backend_options: Any) -> None:
+        grid: bool = False, device: str | None = None, allow_cpu_fallback: bool | None = None,
+        progress: bool = True, **backend_options: Any) -> None:
     """Run every step locally (parallel processes, resumable) and print the output path.
 
     Args:
@@ -279,6 +286,8 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         pyramid_levels: number of pyramid levels (default: automatic).
         pictures: write QC pictures into the report (--nopictures to skip).
         grid: draw the block grid on the QC projections.
+        device: where a model runs (cellpose): auto | cpu | cuda | cuda:N | mps.
+        allow_cpu_fallback: run on the CPU (with a warning) when the requested GPU is not available.
         progress: show progress bars.
         **backend_options: options of the backend (see plan-blocks --help).
     """
@@ -293,7 +302,8 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         level=_opt_int(level, "level"), channel=channel, channel_axis=_opt_int(channel_axis, "channel-axis"),
         timepoint=_opt_int(timepoint, "timepoint"), output_format=str(output_format),
         ngff_version=_opt_str(ngff_version), pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"),
-        pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"),
+        pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"), device=_opt_str(device),
+        allow_cpu_fallback=None if allow_cpu_fallback is None else _flag(allow_cpu_fallback, "allow-cpu-fallback"),
         progress=_flag(progress, "progress") and sys.stderr.isatty(),
         **_backend_options(backend_options))
     log.info("%d objects -> %s", summary["objects"], summary["output"])

@@ -618,9 +618,10 @@ def _scan_block(args: tuple) -> tuple[int, float, np.ndarray | None]:
     bmax = float(np.max(data)) if (want_max and data.size) else float("-inf")
     sample = None
     if per_block:
-        flat = data.reshape(-1)
-        step = max(1, flat.size // per_block)
-        sample = np.asarray(flat[::step][:per_block], dtype=np.float64)
+        # (channels, values): several selected channels are sampled separately
+        flat = data.reshape(data.shape[0] if data.ndim > plan.ndim else 1, -1)
+        step = max(1, flat.shape[1] // per_block)
+        sample = np.asarray(flat[:, ::step][:, :per_block], dtype=np.float64)
     return block, bmax, sample
 
 
@@ -649,7 +650,9 @@ def scan_image(plan: Plan, backend: Backend, source: ImageSource, *, skip_empty:
         maxima[block] = bmax
         if sample is not None:
             samples[block] = sample
-    sample = np.concatenate([samples[b] for b in sorted(samples)]) if samples else None
+    sample = np.concatenate([samples[b] for b in sorted(samples)], axis=1) if samples else None
+    if sample is not None and sample.shape[0] == 1:
+        sample = sample[0]
     backend, stats = backend.finish_plan(sample)
     empty: list[int] = []
     below = backend.empty_below() if "max" in needed else None

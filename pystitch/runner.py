@@ -99,8 +99,8 @@ def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress
 # top-level task functions (picklable for worker processes)
 
 def _segment_task(args: tuple) -> list[int]:
-    plan_path, ids = args
-    return segment_blocks(plan_path, ids, skip_existing=True)
+    plan_path, ids, runtime = args
+    return segment_blocks(plan_path, ids, skip_existing=True, **runtime)
 
 
 def _pairs_task(args: tuple) -> Path:
@@ -152,7 +152,8 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         array_path: str | None = None, level: int | None = None, channel: Any = None,
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
-        grid: bool = False, **backend_options: Any) -> dict:
+        grid: bool = False, device: str | None = None, allow_cpu_fallback: bool | None = None,
+        **backend_options: Any) -> dict:
     """Segment ``image`` block by block and stitch the labels into ``output``.
 
     Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
@@ -166,7 +167,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
                     stats_level=stats_level, progress=progress, array_path=array_path, level=level, channel=channel,
                     channel_axis=channel_axis, timepoint=timepoint, output_format=output_format,
                     ngff_version=ngff_version, pyramid_levels=pyramid_levels, pictures=pictures, grid=grid,
-                    **backend_options)
+                    device=device, allow_cpu_fallback=allow_cpu_fallback, **backend_options)
 
 
 def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None, min_iou: float | None,
@@ -174,7 +175,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
          batch_size: int, skip_empty: bool, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
          ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool,
-         **backend_options: Any) -> dict:
+         device: str | None, allow_cpu_fallback: bool | None, **backend_options: Any) -> dict:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     plan = plan_blocks(
@@ -190,7 +191,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     t = time.perf_counter()
     # rows of neighbouring blocks per task: they read the same input chunks (see io.ChunkCache)
     row = min(max(plan.grid[-1], 4), 64)
-    for _ in map_blocks(_segment_task, [(plan_path, g) for g in batches(todo, row)], workers=workers,
+    runtime = {"device": device, "allow_cpu_fallback": allow_cpu_fallback}
+    for _ in map_blocks(_segment_task, [(plan_path, g, runtime) for g in batches(todo, row)], workers=workers,
                         progress=progress, desc="segment"):
         pass
     timings["segment"] = time.perf_counter() - t

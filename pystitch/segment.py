@@ -28,17 +28,22 @@ log = logging.getLogger(__name__)
 
 # one opened backend per process and plan: a task (or a worker of the local
 # runner) loads a model once, not once per block
-_OPEN: dict[str, Backend] = {}
+_OPEN: dict[tuple, Backend] = {}
 
 
-def open_backend(plan: Plan) -> Backend:
-    be = _OPEN.get(plan.hash)
+def open_backend(plan: Plan, **runtime: Any) -> Backend:
+    """The plan's backend, opened once per process for these ``runtime``
+    settings (e.g. ``device``: where to run is a property of the task, not of
+    the plan, so it is not part of the plan hash)."""
+    key = (plan.hash, tuple(sorted(runtime.items())))
+    be = _OPEN.get(key)
     if be is None:
         for old in _OPEN.values():
             old.close()
         _OPEN.clear()
-        be = plan.make_backend().open(SegmentationContext(block=-1, ndim=plan.ndim, voxel_size=plan.voxel_size))
-        _OPEN[plan.hash] = be
+        ctx = SegmentationContext(block=-1, ndim=plan.ndim, voxel_size=plan.voxel_size)
+        be = plan.make_backend().open(ctx, **runtime)
+        _OPEN[key] = be
     return be
 
 
@@ -155,11 +160,13 @@ def segment_one(plan: Plan, backend: Backend, staging: Staging, source: Any, blo
 
 
 def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir: str | os.PathLike | None = None,
-                   skip_existing: bool = False) -> list[int]:
+                   skip_existing: bool = False, **runtime: Any) -> list[int]:
     """Segment ``blocks`` of ``plan``; returns the ids that were processed.
 
     Manifests go to ``manifest_dir`` (default: the plan's work dir).  With
     ``skip_existing``, blocks that already have a valid manifest are skipped.
+    ``runtime`` settings (``device="cuda"``, ``allow_cpu_fallback=True``) go to
+    the backend and do not change the plan.
     """
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ids = parse_block_ids(blocks, plan.n_blocks)
@@ -172,7 +179,7 @@ def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir:
     if not ids:
         return []
     staging = Staging(plan, mode="r+")
-    backend = open_backend(plan)
+    backend = open_backend(plan, **{k: v for k, v in runtime.items() if v is not None})
     source = open_image(plan.image)
     try:
         for b in ids:

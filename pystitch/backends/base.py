@@ -71,8 +71,14 @@ class Backend(ABC):
         """A halo suited to the method, or None when the user must give one."""
         return None
 
-    def open(self, ctx: SegmentationContext | None = None) -> "Backend":
-        """Prepare for a task (load a model once per task, not once per block)."""
+    def open(self, ctx: SegmentationContext | None = None, **runtime: Any) -> "Backend":
+        """Prepare for a task (load a model once per task, not once per block).
+
+        ``runtime`` holds per-task settings that do not change results'
+        identity (e.g. ``device``); backends without any reject them.
+        """
+        if runtime:
+            raise InputError(f"The {self.name} backend takes no run-time options. Got {sorted(runtime)} instead.")
         return self
 
     def close(self) -> None:

@@ -97,7 +97,8 @@ class CallableBackend(Backend):
     def empty_below(self) -> float | None:
         return self._empty_below
 
-    def open(self, ctx: SegmentationContext | None = None) -> "CallableBackend":
+    def open(self, ctx: SegmentationContext | None = None, **runtime: Any) -> "CallableBackend":
+        super().open(ctx, **runtime)
         self._fn = load_function(self.function)
         return self
 
