@@ -65,3 +65,20 @@ def flaky(block: np.ndarray, marker: str = "") -> np.ndarray:
         open(marker, "w").close()
         raise RuntimeError("transient failure")
     return ndimage.label(block > 500)[0]
+
+
+def killed_once(block: np.ndarray, marker: str = "") -> np.ndarray:
+    """Threshold at 500, but the first call anywhere (the one that creates
+    ``marker``, atomically) kills its own process with SIGKILL, as an
+    out-of-memory killer or a preempting scheduler would: exit status 137."""
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+    return ndimage.label(block > 500)[0]

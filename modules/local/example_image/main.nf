@@ -1,0 +1,42 @@
+// Writes pystitch's built-in synthetic OME-Zarr image (bright blobs on a noisy
+// background; threshold 500 segments it). Used by `--input example` (the test
+// profile): the pipeline creates its own test data, nothing is downloaded.
+process EXAMPLE_IMAGE {
+    tag "${meta.id}"
+    label 'process_single'
+    container "${params.container_cpu}"
+
+    input:
+    tuple val(meta), val(shape)
+
+    output:
+    tuple val(meta), path("${meta.id}.zarr"), emit: image
+    path "versions.yml"                     , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    pystitch example \\
+        ${meta.id}.zarr \\
+        --shape ${shape} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        pystitch: \$(pystitch --version)
+    END_VERSIONS
+    """
+
+    stub:
+    """
+    mkdir ${meta.id}.zarr
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        pystitch: \$(pystitch --version)
+    END_VERSIONS
+    """
+}
