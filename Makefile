@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
-EXTRAS ?= test
+EXTRAS ?= test,cellpose
 DEMO_DIR ?= demo
 
 .PHONY: setup demo test clean

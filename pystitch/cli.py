@@ -99,7 +99,8 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
                 skip_empty: bool = True, stats_level: int | None = None, workers: int = 1,
                 array_path: str | None = None, level: int | None = None, channel: Any = None,
                 channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
-                ngff_version: str | None = None, pyramid_levels: int | None = None, **backend_options: Any) -> str:
+                ngff_version: str | None = None, pyramid_levels: int | None = None, memory_gb: float | None = None,
+                **backend_options: Any) -> str:
     """Plan a run: check the input, cut it into blocks, scan it once, write plan.json.
 
     Prints the path of plan.json.  Later steps take that path.
@@ -108,6 +109,7 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
         image: input image: a zarr array, a zarr group (with --array-path), an OME-Zarr image or a TIFF file.
         output: where the final label image goes (zarr). It must not exist unless --overwrite.
         block_shape: block core size in voxels, one value or one per axis (e.g. 64,256,256); also the output chunks.
+            auto (cellpose): the largest block whose segmentation fits --memory-gb.
         halo: overlap read around each block, per axis (e.g. 8,16,16); must be smaller than the block.
         backend: threshold | callable | cellpose.
         rule: stitching rule, exact (any overlap joins) or match (mutual best IoU); default per backend.
@@ -128,8 +130,13 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
             <image>/labels/<name>) | zarr (one plain array).
         ngff_version: 0.4 (zarr v2, read by every current viewer; default) | 0.5 (zarr v3).
         pyramid_levels: number of levels (default: until the largest side is <= 256).
+        memory_gb: memory of one segmentation task for --block-shape auto (default: this machine's GPU,
+            else half of its available RAM).
         **backend_options: threshold backend: --threshold N|otsu --sigma S --connectivity 1..ndim|full;
-            callable backend: --function module:function|file.py:function --kwargs JSON --empty-below V.
+            callable backend: --function module:function|file.py:function --kwargs JSON --empty-below V;
+            cellpose backend: --model NAME|--pretrained-model FILE --diameter D --do-3d true|false --anisotropy A
+            --stitch-threshold T --flow-threshold F --cellprob-threshold C --min-size N --batch-size B
+            --channels C,N --invert --normalize global|block --percentile 1,99 --skip-below V.
     """
     from .plan import plan_blocks as _plan
 
@@ -142,7 +149,7 @@ def plan_blocks(image: str, output: str, block_shape: Any, halo: Any = None, bac
         level=_opt_int(level, "level"), channel=channel, channel_axis=_opt_int(channel_axis, "channel-axis"),
         timepoint=_opt_int(timepoint, "timepoint"), backend_options=_backend_options(backend_options),
         output_format=str(output_format), ngff_version=_opt_str(ngff_version),
-        pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"),
+        pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"), memory_gb=_opt_float(memory_gb, "memory-gb"),
     )
     print(plan.plan_path)
     return None  # type: ignore[return-value]
@@ -257,7 +264,7 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
         grid: bool = False, device: str | None = None, allow_cpu_fallback: bool | None = None,
-        progress: bool = True, **backend_options: Any) -> None:
+        memory_gb: float | None = None, progress: bool = True, **backend_options: Any) -> None:
     """Run every step locally (parallel processes, resumable) and print the output path.
 
     Args:
@@ -288,6 +295,7 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         grid: draw the block grid on the QC projections.
         device: where a model runs (cellpose): auto | cpu | cuda | cuda:N | mps.
         allow_cpu_fallback: run on the CPU (with a warning) when the requested GPU is not available.
+        memory_gb: memory of one segmentation task for --block-shape auto.
         progress: show progress bars.
         **backend_options: options of the backend (see plan-blocks --help).
     """
@@ -304,7 +312,7 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         ngff_version=_opt_str(ngff_version), pyramid_levels=_opt_int(pyramid_levels, "pyramid-levels"),
         pictures=_flag(pictures, "pictures"), grid=_flag(grid, "grid"), device=_opt_str(device),
         allow_cpu_fallback=None if allow_cpu_fallback is None else _flag(allow_cpu_fallback, "allow-cpu-fallback"),
-        progress=_flag(progress, "progress") and sys.stderr.isatty(),
+        memory_gb=_opt_float(memory_gb, "memory-gb"), progress=_flag(progress, "progress") and sys.stderr.isatty(),
         **_backend_options(backend_options))
     log.info("%d objects -> %s", summary["objects"], summary["output"])
     print(summary["output"])

@@ -473,6 +473,7 @@ def plan_blocks(
     output_format: str = "ome-zarr",
     ngff_version: str | None = None,
     pyramid_levels: int | None = None,
+    memory_gb: float | None = None,
     progress: bool = False,
 ) -> Plan:
     """Plan a run: validate everything, scan the image once for the statistics
@@ -494,14 +495,18 @@ def plan_blocks(
         output = absolute_uri(output)
         if is_url(output):
             raise InputError(f"Expected a local output path. Got {output} instead (object stores are not supported yet).")
-        be = make_backend(backend, ndim, **(backend_options or {}))
-        block = parse_shape(block_shape, ndim, "block_shape")
+        be = make_backend(backend, ndim, **(backend_options or {})).adapt(source)
         if halo is None:
             halo_t = be.default_halo(ndim, source.voxel_size)
             if halo_t is None:
                 raise InputError(f"Expected --halo (voxels per axis) for backend {backend!r}.")
         else:
             halo_t = parse_shape(halo, ndim, "halo", minimum=0)
+        if isinstance(block_shape, str) and block_shape.strip().lower() == "auto":
+            block = be.auto_block_shape(source.shape, halo_t, _memory_budget(memory_gb))
+            log.info("block shape auto: %s for %.1f GB per task", block, _memory_budget(memory_gb) / 1e9)
+        else:
+            block = parse_shape(block_shape, ndim, "block_shape")
         rule = rule or be.default_rule
         label_name, ngff, pyramid = _output_layout(source, output, block, output_format, ngff_version,
                                                    pyramid_levels)
@@ -544,6 +549,24 @@ def plan_blocks(
     log.info("planned %d blocks (grid %s, block %s, halo %s, %d empty) for %s -> %s",
              plan.n_blocks, plan.grid, plan.block_shape, plan.halo, len(plan.empty_blocks), spec.uri, output)
     return plan
+
+
+def _memory_budget(memory_gb: float | None) -> int:
+    """Bytes one segmentation task may use: ``memory_gb``, else the memory of
+    the GPU torch sees on this machine, else half of the available RAM."""
+    if memory_gb is not None:
+        if not memory_gb > 0:
+            raise InputError(f"Expected --memory-gb > 0. Got {memory_gb} instead.")
+        return int(memory_gb * 1e9)
+    try:
+        import torch  # optional: only to size blocks for the GPU of this machine
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[1] * 0.8)
+    except ImportError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages * 0.5)
 
 
 def _output_layout(source: ImageSource, output: str, block: tuple[int, ...], output_format: str,

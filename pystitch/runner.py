@@ -153,7 +153,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
         grid: bool = False, device: str | None = None, allow_cpu_fallback: bool | None = None,
-        **backend_options: Any) -> dict:
+        memory_gb: float | None = None, **backend_options: Any) -> dict:
     """Segment ``image`` block by block and stitch the labels into ``output``.
 
     Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
@@ -167,7 +167,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
                     stats_level=stats_level, progress=progress, array_path=array_path, level=level, channel=channel,
                     channel_axis=channel_axis, timepoint=timepoint, output_format=output_format,
                     ngff_version=ngff_version, pyramid_levels=pyramid_levels, pictures=pictures, grid=grid,
-                    device=device, allow_cpu_fallback=allow_cpu_fallback, **backend_options)
+                    device=device, allow_cpu_fallback=allow_cpu_fallback, memory_gb=memory_gb, **backend_options)
 
 
 def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None, min_iou: float | None,
@@ -175,7 +175,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
          batch_size: int, skip_empty: bool, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
          ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool,
-         device: str | None, allow_cpu_fallback: bool | None, **backend_options: Any) -> dict:
+         device: str | None, allow_cpu_fallback: bool | None, memory_gb: float | None,
+         **backend_options: Any) -> dict:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     plan = plan_blocks(
@@ -183,7 +184,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
         skip_empty=skip_empty, stats_level=stats_level, workers=workers, array_path=array_path, level=level,
         channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
-        output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels, progress=progress)
+        output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels, memory_gb=memory_gb,
+        progress=progress)
     plan_path = str(plan.plan_path)
     timings["plan"] = time.perf_counter() - t
     todo = plan.work_blocks()

@@ -67,6 +67,16 @@ class Backend(ABC):
         skipped end to end.  ``None``: never skip."""
         return None
 
+    def adapt(self, source: Any) -> "Backend":
+        """Take what the backend needs from the input image (plan time):
+        number of channels, voxel sizes."""
+        return self
+
+    def auto_block_shape(self, shape: tuple[int, ...], halo: tuple[int, ...], memory_bytes: int) -> tuple[int, ...]:
+        """A block shape sized for ``memory_bytes`` per task (``--block-shape auto``)."""
+        raise InputError(f"--block-shape auto needs a backend with a memory model (cellpose). "
+                         f"Got backend {self.name!r}: give the block shape.")
+
     def default_halo(self, ndim: int, voxel_size: tuple[float, ...] | None) -> tuple[int, ...] | None:
         """A halo suited to the method, or None when the user must give one."""
         return None
