@@ -159,12 +159,20 @@ def test_halo_defaults_to_one_diameter_respecting_anisotropy(model, tmp_path):
 
 def test_block_shape_auto(model, tmp_path):
     img = save(tmp_path / "img.zarr", np.zeros((64, 512, 512), np.uint16))
-    small = pystitch.plan_blocks(img, tmp_path / "a.zarr", block_shape="auto", memory_gb=1.5, backend="cellpose",
-                                 backend_options={"pretrained_model": str(model), "diameter": 20})
+    opts = {"pretrained_model": str(model), "diameter": 20}
+    small = pystitch.plan_blocks(img, tmp_path / "a.zarr", block_shape="auto", memory_gb=3, backend="cellpose",
+                                 backend_options=opts)
     big = pystitch.plan_blocks(img, tmp_path / "b.zarr", block_shape="auto", memory_gb=8, backend="cellpose",
-                               backend_options={"pretrained_model": str(model), "diameter": 20})
+                               backend_options=opts)
     assert np.prod(small.block_shape) < np.prod(big.block_shape)
-    assert all(b % 16 == 0 or b == n for b, n in zip(big.block_shape[1:], (512, 512)))
+    for plan, gb in ((small, 3), (big, 8)):
+        ext = np.prod([b + 2 * h for b, h in zip(plan.block_shape, plan.halo)])
+        assert 1.5 * 2 ** 30 + 1000 * ext <= gb * 1e9            # the memory model of the backend
+        assert all(b % 16 == 0 or b == n for b, n in zip(plan.block_shape[1:], (512, 512)))
+        assert all(b >= 2 * h for b, h in zip(plan.block_shape, plan.halo))
+    with pytest.raises(InputError, match=r"Expected at least .* GB per segmentation task .* Got 1.0 GB"):
+        pystitch.plan_blocks(img, tmp_path / "c.zarr", block_shape="auto", memory_gb=1, backend="cellpose",
+                             backend_options=opts)
 
 
 def test_errors(model, tmp_path):

@@ -36,12 +36,16 @@ OPTIONS = {
 }
 #: default normalisation percentiles (cellpose's own defaults, applied globally)
 DEFAULT_PERCENTILE = (1.0, 99.0)
-#: peak host memory of Cellpose 3 per voxel of a block (core + halo), 3-D
-#: ``do_3D`` on the CPU, measured with benchmarks/cellpose_memory.py; per-plane
-#: stitching and 2-D need less (see README "Cellpose")
-BYTES_PER_VOXEL = {"do_3D": 1100, "planes": 400}
-#: resident memory of the process before any block (python, torch, model)
-BASE_BYTES = 700 * 2 ** 20
+#: memory model of one segmentation task: BASE_BYTES + BYTES_PER_VOXEL x voxels
+#: of a block (core + halo).  Measured with benchmarks/cellpose_memory.py
+#: (Cellpose 3.1, CPU, standard network; results in benchmarks/results/): the
+#: process holds ~1.1 GiB before the first block (python, torch, model) plus
+#: ~0.3 GiB of tile buffers, then grows by ~790 bytes/voxel for ``do_3D``,
+#: ~380 for planes stitched in 3-D and ~1370 for 2-D images; the constants
+#: below add a margin.  GPU memory was not measured (no GPU here): the same
+#: figures are used for a GPU's memory.
+BYTES_PER_VOXEL = {"do_3D": 1000, "planes": 500, "2-D": 1600}
+BASE_BYTES = int(1.5 * 2 ** 30)
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -201,22 +205,34 @@ class CellposeBackend(Backend):
         return default_halo(self.settings["diameter"], self.settings["anisotropy"], ndim)
 
     def auto_block_shape(self, shape: tuple[int, ...], halo: tuple[int, ...], memory_bytes: int) -> tuple[int, ...]:
-        """The largest block (core, multiple of 16 in Y/X) whose core + halo fits
-        ``memory_bytes`` at BYTES_PER_VOXEL, never larger than the image."""
-        per_voxel = BYTES_PER_VOXEL["do_3D" if self.settings["do_3D"] else "planes"]
-        voxels = max(memory_bytes - BASE_BYTES, 0) / per_voxel
-        nd = len(shape)
-        side = max(16, int(voxels ** (1 / nd)))
-        for _ in range(200):
-            core = [min(n, max(16, side)) for n in shape]
-            if nd == 3:  # fewer planes than Y/X when the Z step is larger
-                aniso = self.settings["anisotropy"] or 1.0
-                core[0] = min(shape[0], max(8, int(side / max(aniso, 1.0))))
-            core = [c if c == n else max(16, c // 16 * 16) for c, n in zip(core, shape)]
-            if math.prod(c + 2 * h for c, h in zip(core, halo)) <= voxels or side <= 16:
-                return tuple(core)
-            side = int(side * 0.9)
-        return tuple(core)
+        """The largest block (core, a multiple of 16 in Y/X, at least twice the
+        halo) whose core + halo fits ``memory_bytes`` by the memory model above;
+        never larger than the image."""
+        mode = "2-D" if len(shape) == 2 else ("do_3D" if self.settings["do_3D"] else "planes")
+        per_voxel = BYTES_PER_VOXEL[mode]
+        voxels = (memory_bytes - BASE_BYTES) / per_voxel
+        smallest = [min(n, max(16, 2 * h)) for n, h in zip(shape, halo)]
+        need = BASE_BYTES + per_voxel * math.prod(c + 2 * h for c, h in zip(smallest, halo))
+        if need > memory_bytes:
+            raise InputError(
+                f"Expected at least {need / 1e9:.1f} GB per segmentation task for Cellpose blocks with halo "
+                f"{tuple(halo)} ({mode}). Got {memory_bytes / 1e9:.1f} GB instead (--memory-gb)."
+            )
+        aniso = max(self.settings["anisotropy"] or 1.0, 1.0) if len(shape) == 3 else 1.0
+
+        def core_for(side: int) -> tuple[int, ...]:
+            sides = [side] * len(shape)
+            if len(shape) == 3:  # fewer planes than Y/X pixels when the Z step is larger
+                sides[0] = int(side / aniso)
+            return tuple(min(n, max(lo, c)) for c, n, lo in zip(sides, shape, smallest))
+
+        best = tuple(smallest)
+        for side in range(16, 16 * (max(shape) // 16 + 2), 16):
+            core = core_for(side)
+            if math.prod(c + 2 * h for c, h in zip(core, halo)) > voxels:
+                break
+            best = core
+        return best
 
     # ---- task time
 
