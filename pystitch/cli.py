@@ -259,7 +259,7 @@ def finalize(plan: str, lut: str | None = None, stats: Any = None, overwrite: bo
 def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: str = "threshold",
         rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto", workers: int = 1,
         work_dir: str | None = None, report_dir: str | None = None, overwrite: bool = False,
-        keep_work: bool = False, skip_empty: bool = True, stats_level: int | None = None,
+        keep_work: bool = False, skip_empty: bool | None = None, stats_level: int | None = None,
         array_path: str | None = None, level: int | None = None, channel: Any = None,
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
@@ -281,7 +281,8 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         report_dir: regions table and summary (default: <output stem>_report).
         overwrite: replace an existing output.
         keep_work: keep the work directory after success.
-        skip_empty: skip blocks that cannot hold objects.
+        skip_empty: mark blocks that cannot hold objects at plan time (an extra pass over the image);
+            by default they are found when segmented, or at plan time when the image is scanned anyway.
         stats_level: scan a coarser level for block statistics.
         array_path: array inside a zarr group.
         level: multiscale level to segment.
@@ -305,7 +306,8 @@ def run(image: str, output: str, block_shape: Any, halo: Any = None, backend: st
         str(image), str(output), block_shape=block_shape, halo=halo, backend=str(backend), rule=_opt_str(rule),
         min_iou=_opt_float(min_iou, "min-iou"), label_dtype=str(label_dtype), workers=_opt_int(workers, "workers") or 1,
         work_dir=_opt_str(work_dir), report_dir=_opt_str(report_dir), overwrite=_flag(overwrite, "overwrite"),
-        keep_work=_flag(keep_work, "keep-work"), skip_empty=_flag(skip_empty, "skip-empty"),
+        keep_work=_flag(keep_work, "keep-work"),
+        skip_empty=None if skip_empty is None else _flag(skip_empty, "skip-empty"),
         stats_level=_opt_int(stats_level, "stats-level"), array_path=_opt_str(array_path),
         level=_opt_int(level, "level"), channel=channel, channel_axis=_opt_int(channel_axis, "channel-axis"),
         timepoint=_opt_int(timepoint, "timepoint"), output_format=str(output_format),

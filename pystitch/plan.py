@@ -48,6 +48,10 @@ LABEL_DTYPES = ("auto", "uint16", "uint32", "uint64")
 DEFAULT_MIN_IOU = 0.2
 #: plan fields that say where files go, not what is computed (not hashed)
 LOCATION_FIELDS = ("work_dir", "output", "report_dir")
+#: ``skip_empty`` value: mark empty blocks only when the image is scanned
+#: anyway (for a global statistic); otherwise blocks are found empty when
+#: segment-block reads them, which saves a pass over the image
+WHEN_SCANNING = "when-scanning"
 #: the plan-time intensity sample is capped at this many values in total
 SAMPLE_TOTAL = 2_000_000
 
@@ -461,7 +465,7 @@ def plan_blocks(
     work_dir: str | os.PathLike | None = None,
     report_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    skip_empty: bool = True,
+    skip_empty: bool | str = True,
     stats_level: int | None = None,
     workers: int = 1,
     array_path: str | None = None,
@@ -479,6 +483,10 @@ def plan_blocks(
     """Plan a run: validate everything, scan the image once for the statistics
     the backend needs, create the work directory and the staging store, and
     write plan.json.  Returns the :class:`Plan`.
+
+    ``skip_empty``: True marks blocks that cannot hold objects (one pass over
+    the image, so that a workflow engine does not even schedule them); False
+    never; ``"when-scanning"`` only if the image is scanned anyway.
 
     If the work directory already holds a plan with identical settings, that
     plan is returned unchanged (resume); a different plan there is an error
@@ -523,7 +531,7 @@ def plan_blocks(
             report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
             ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
         )
-        request = {"backend": draft.backend, "skip_empty": bool(skip_empty), "stats_level": stats_level}
+        request = {"backend": draft.backend, "scan": sorted(scan_needs(be, skip_empty)), "stats_level": stats_level}
         existing = Path(wd) / "plan.json"
         if existing.exists():
             old = _load_quietly(existing)
@@ -648,16 +656,22 @@ def _scan_block(args: tuple) -> tuple[int, float, np.ndarray | None]:
     return block, bmax, sample
 
 
-def scan_image(plan: Plan, backend: Backend, source: ImageSource, *, skip_empty: bool, stats_level: int | None,
+def scan_needs(backend: Backend, skip_empty: bool | str) -> set[str]:
+    """What the plan-time pass over the image collects: "max" per block and/or an intensity "sample"."""
+    needed = set(backend.stats_needed)
+    if not skip_empty or (skip_empty == WHEN_SCANNING and "sample" not in needed):
+        needed.discard("max")
+    return needed
+
+
+def scan_image(plan: Plan, backend: Backend, source: ImageSource, *, skip_empty: bool | str, stats_level: int | None,
                workers: int = 1, progress: bool = False) -> tuple[Backend, dict, list[int]]:
     """One pass over the image (or a coarser level of it): the maximum of every
     block's core (grown by the backend's context) for empty-block detection and
     a deterministic, evenly strided intensity sample for global statistics."""
     from .runner import map_blocks  # local import: runner imports plan
 
-    needed = set(backend.stats_needed)
-    if not skip_empty:
-        needed.discard("max")
+    needed = scan_needs(backend, skip_empty)
     if not needed:
         return backend, {}, []
     if stats_level not in (None, 0) and not source.levels[1:]:

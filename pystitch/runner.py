@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .faces import face_pairs, pairs_name
 from .finalize import finalize
 from .output import LabelOutput
-from .plan import Plan, batches, plan_blocks
+from .plan import WHEN_SCANNING, Plan, batches, plan_blocks
 from .relabel import apply_lut, stats_name
 from .resolve import Lut, resolve
 from .segment import segment_blocks
@@ -148,7 +148,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
         backend: str = "threshold", rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto",
         work_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
         overwrite: bool = False, keep_work: bool = False, workers: int = 1, batch_size: int = BATCH_SIZE,
-        skip_empty: bool = True, stats_level: int | None = None, progress: bool = True,
+        skip_empty: bool | None = None, stats_level: int | None = None, progress: bool = True,
         array_path: str | None = None, level: int | None = None, channel: Any = None,
         channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
         ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
@@ -157,7 +157,10 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
     """Segment ``image`` block by block and stitch the labels into ``output``.
 
     Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
-    ``function="pkg.mod:fn"``, ...) are passed as keyword arguments.  Returns
+    ``function="pkg.mod:fn"``, ...) are passed as keyword arguments.
+    ``skip_empty`` None: empty blocks are found when segmented (no extra pass
+    over the image unless the backend scans it anyway); True marks them at
+    plan time.  Returns
     the run summary (also written to ``<report_dir>/summary.json``).
     """
     with worker_pool(workers):
@@ -172,7 +175,7 @@ def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any
 
 def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None, min_iou: float | None,
          label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool, workers: int,
-         batch_size: int, skip_empty: bool, stats_level: int | None, progress: bool, array_path: str | None,
+         batch_size: int, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
          ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool,
          device: str | None, allow_cpu_fallback: bool | None, memory_gb: float | None,
@@ -182,7 +185,9 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     plan = plan_blocks(
         image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
         label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
-        skip_empty=skip_empty, stats_level=stats_level, workers=workers, array_path=array_path, level=level,
+        # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
+        skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level, workers=workers,
+        array_path=array_path, level=level,
         channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
         output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels, memory_gb=memory_gb,
         progress=progress)

@@ -121,6 +121,9 @@ def test_overwrite_only_removes_what_pystitch_wrote(tmp_path):
 def test_image_without_foreground(tmp_path):
     path = save(tmp_path / "blank.zarr", np.full((20, 40, 40), 100, np.uint16))
     s = pystitch.run(path, tmp_path / "out.zarr", block_shape=(10, 20, 20), halo=1, threshold=500, progress=False)
+    assert s["objects"] == 0 and s["empty_blocks"] == s["blocks"] == 8
+    s = pystitch.run(path, tmp_path / "ahead.zarr", block_shape=(10, 20, 20), halo=1, threshold=500, progress=False,
+                     skip_empty=True)   # marked at plan time: nothing is scheduled at all
     assert s["objects"] == 0 and s["planned_empty_blocks"] == s["blocks"] == 8
     assert load(tmp_path / "out.zarr").max() == 0
     assert (tmp_path / "out_report" / "regions.csv").read_text().startswith("id,voxels")
