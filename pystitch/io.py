@@ -10,6 +10,7 @@ of it as numpy arrays, with the selected channel(s) and time point applied.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync as zarr_sync
 
 from .errors import InputError, InputNotFoundError
 
@@ -537,6 +539,15 @@ def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
 #: compression for label arrays: labels are long runs of few values, which
 #: bit-shuffled lz4 packs small and decodes fastest (see benchmarks/)
 LABEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def write_concurrently(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
+    """``array[region] = data`` for several (array, region, data) at once: the
+    chunks are encoded and stored concurrently instead of one after another."""
+    async def run() -> None:
+        await asyncio.gather(*(arr.async_array.setitem(region, data) for arr, region, data in writes))
+
+    zarr_sync(run())
 
 
 def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],

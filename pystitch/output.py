@@ -27,7 +27,7 @@ from numcodecs import Blosc
 
 from ._version import __version__
 from .errors import InputError, OutputExistsError, StagingError
-from .io import LABEL_CODEC
+from .io import LABEL_CODEC, write_concurrently
 from .storage import check_plan_hash, remove_path, replace_tree
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class LabelOutput:
         for k, factor in enumerate(plan.pyramid):
             chunks = tuple(b // f for b, f in zip(plan.block_shape, factor))
             kwargs: dict = ({"compressors": [LABEL_CODEC]} if fmt == 3 else
-                            {"compressors": Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE),
+                            {"compressors": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
                              "chunk_key_encoding": {"name": "v2", "separator": "/"}})
             levels.append(group.create_array(name=str(k), shape=level_shape(plan.shape, factor), chunks=chunks,
                                              dtype=dtype, fill_value=0, **kwargs))
@@ -197,10 +197,11 @@ class LabelOutput:
     def write_block(self, block: int, labels: np.ndarray) -> None:
         """Write a block's final labels (its core) on every level."""
         core = self.plan.core(block)
-        self.levels[0][core] = labels
+        writes = [(self.levels[0], core, labels)]
         for arr, factor in zip(self.levels[1:], self.plan.pyramid[1:]):
             region = tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(core, factor))
-            arr[region] = labels[tuple(slice(None, None, f) for f in factor)]
+            writes.append((arr, region, labels[tuple(slice(None, None, f) for f in factor)]))
+        write_concurrently(writes)
 
 
 def read_level(plan: Any, uri: str, level: int = 0) -> zarr.Array:

@@ -165,6 +165,7 @@ class Lut:
         self.offsets = group["offsets"]
         self.attrs = dict(group.attrs)
         self.dtype = np.dtype(self.attrs["dtype"])
+        self._chunks: dict[int, np.ndarray] = {}
 
     @classmethod
     def open(cls, plan: Plan, uri: str | os.PathLike | None = None) -> "Lut":
@@ -186,7 +187,18 @@ class Lut:
         return lo, hi - lo
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self.lut[start:stop]
+        """``lut[start:stop]``.  The lut chunks it touches are kept: the blocks of
+        a task are consecutive, so their slices share chunks."""
+        size = self.lut.chunks[0]
+        parts = []
+        for c in range(start // size, (stop - 1) // size + 1 if stop > start else start // size):
+            if c not in self._chunks:
+                if len(self._chunks) >= 4:
+                    self._chunks.pop(next(iter(self._chunks)))
+                self._chunks[c] = self.lut[c * size:(c + 1) * size]
+            lo, hi = max(start, c * size) - c * size, min(stop, (c + 1) * size) - c * size
+            parts.append(self._chunks[c][lo:hi])
+        return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
 
 
 

@@ -20,7 +20,6 @@ without a manifest is unfinished and is never consumed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -28,11 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync as zarr_sync
 
 from ._version import __version__
 from .errors import StagingError
-from .io import create_group_array
+from .io import create_group_array, write_concurrently
 from .plan import Plan
 from .storage import atomic_write_json, check_plan_hash, read_json
 
@@ -40,15 +38,6 @@ STAGING_DTYPE = np.uint32
 #: local ids are stored as uint32: at most this many objects per block
 MAX_LOCAL_LABELS = int(np.iinfo(STAGING_DTYPE).max)
 SIDES = ("lo", "hi")
-
-
-def write_concurrently(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
-    """``array[region] = data`` for several (array, region, data) at once: the
-    chunks are encoded and stored concurrently instead of one after another."""
-    async def run() -> None:
-        await asyncio.gather(*(arr.async_array.setitem(region, data) for arr, region, data in writes))
-
-    zarr_sync(run())
 
 
 def slab_name(axis: int, side: str) -> str:

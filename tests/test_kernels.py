@@ -188,3 +188,22 @@ def test_region_stats_rejects_label_above_count():
     from pystitch._core._regions import region_stats_3d
     with pytest.raises(ValueError, match="label 3 is greater"):
         region_stats_3d(np.array([[[1, 3]]], np.uint32), 2)
+
+
+def test_lut_slices_across_chunks(tmp_path):
+    """apply-lut reads its blocks' slices through a small chunk cache."""
+    import zarr
+
+    from pystitch.resolve import Lut
+
+    values = np.arange(1000, dtype=np.uint32) * 3
+    group = zarr.open_group(str(tmp_path / "lut.zarr"), mode="w")
+    group.create_array("lut", shape=values.shape, chunks=(7,), dtype=values.dtype)[:] = values
+    group.create_array("offsets", shape=(2,), dtype=np.uint64)[:] = [0, 999]
+    group.attrs.update(dtype="uint32", plan_hash="x", n_objects=999)
+    lut = Lut(plan=None, group=group, uri=str(tmp_path / "lut.zarr"))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = int(rng.integers(0, 1000))
+        b = int(rng.integers(a, 1001))
+        np.testing.assert_array_equal(lut.read(a, b), values[a:b])
