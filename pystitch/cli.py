@@ -23,6 +23,7 @@ from typing import Any, Callable
 import fire
 
 from ._version import __version__
+from .backends.base import parse_bool as _flag
 from .errors import PystitchError
 
 log = logging.getLogger("pystitch")
@@ -70,14 +71,6 @@ def _opt_float(value: Any, name: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         raise PystitchError(f"Expected a number for --{name}. Got {value!r} instead.") from None
-
-
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.lower() in ("true", "yes", "1")
-    raise PystitchError(f"Expected true or false for --{name}. Got {value!r} instead.")
 
 
 def _blocks(value: Any) -> Any:

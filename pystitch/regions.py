@@ -18,19 +18,12 @@ import numpy as np
 
 from .errors import StagingError
 from .plan import Plan
-from .storage import check_plan_hash, read_npz
+from .storage import check_plan_hash, read_npz, step_files
 
 
 def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int]) -> dict[str, np.ndarray]:
     """Load the per-batch statistics files written by apply-lut."""
-    if sources is None:
-        sources = [plan.stats_dir] if plan.stats_dir.is_dir() else []
-    elif isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    paths: list[Path] = []
-    for s in sources:
-        p = Path(s)
-        paths.extend(sorted(p.glob("stats-*.npz")) if p.is_dir() else [p])
+    paths = step_files(sources, plan.stats_dir, "stats-*.npz")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
     covered: set[int] = set()
     for path in paths:

@@ -32,7 +32,7 @@ from .errors import InputError, LabelOverflowError, StagingError
 from .output import LabelOutput
 from .plan import Plan
 from .staging import block_label_count, read_manifests, require_manifests
-from .storage import atomic_write_json, check_plan_hash, read_npz, remove_path
+from .storage import atomic_write_json, check_plan_hash, read_npz, remove_path, step_files
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,8 @@ def choose_dtype(label_dtype: str, n_final: int) -> np.dtype:
 def read_pairs(plan: Plan, sources: Any) -> tuple[list[np.ndarray], set[int]]:
     """Load pairs files (a directory, files, or a list of both).  Returns the
     (M, 4) arrays and the set of blocks they cover."""
-    if sources is None:
-        sources = [plan.pairs_dir] if plan.pairs_dir.is_dir() else []
-    elif isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    paths: list[Path] = []
-    for s in sources:
-        p = Path(s)
-        paths.extend(sorted(p.glob("pairs-*.npz")) if p.is_dir() else [p])
     arrays, covered = [], set()
-    for path in paths:
+    for path in step_files(sources, plan.pairs_dir, "pairs-*.npz"):
         data = read_npz(path, "pairs file", ["pairs", "blocks", "plan_hash"])
         check_plan_hash(data["plan_hash"], plan.hash, path)
         pairs = data["pairs"]

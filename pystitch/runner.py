@@ -135,6 +135,15 @@ def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable
     return [g for g in groups if not _valid_result(directory / name(g), plan, g)]
 
 
+def _batch_step(task: Callable, plan: Plan, directory: Path, name: Callable[[list[int]], str], ids: list[int],
+                batch_size: int, workers: int, progress: bool, desc: str) -> None:
+    """Run a per-batch step on the batches whose result file is missing."""
+    pending = _pending_batches(plan, directory, ids, name, batch_size)
+    for _ in map_blocks(task, [(str(plan.plan_path), g) for g in pending], workers=workers, progress=progress,
+                        desc=desc):
+        pass
+
+
 def _lut_reusable(plan: Plan) -> bool:
     try:
         Lut.open(plan)
@@ -205,10 +214,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     timings["segment"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pending = _pending_batches(plan, plan.pairs_dir, todo, pairs_name, batch_size)
-    for _ in map_blocks(_pairs_task, [(plan_path, g) for g in pending], workers=workers, progress=progress,
-                        desc="face-pairs"):
-        pass
+    _batch_step(_pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, workers, progress, "face-pairs")
     timings["face_pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -220,10 +226,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     timings["resolve"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pending = _pending_batches(plan, plan.stats_dir, todo, stats_name, batch_size)
-    for _ in map_blocks(_apply_task, [(plan_path, g) for g in pending], workers=workers, progress=progress,
-                        desc="apply-lut"):
-        pass
+    _batch_step(_apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, workers, progress, "apply-lut")
     timings["apply_lut"] = time.perf_counter() - t
 
     summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,

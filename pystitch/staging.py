@@ -32,7 +32,7 @@ from ._version import __version__
 from .errors import StagingError
 from .io import create_group_array, write_concurrently
 from .plan import Plan
-from .storage import atomic_write_json, check_plan_hash, read_json
+from .storage import atomic_write_json, check_plan_hash, read_json, step_files
 
 STAGING_DTYPE = np.uint32
 #: local ids are stored as uint32: at most this many objects per block
@@ -128,24 +128,11 @@ def _check_manifest(doc: Any, plan: Plan, where: str) -> dict:
     return doc
 
 
-def _manifest_files(source: Any) -> Iterable[Path]:
-    if isinstance(source, (str, os.PathLike)):
-        source = [source]
-    for item in source:
-        p = Path(item)
-        if p.is_dir():
-            yield from sorted(p.glob("block-*.json"))
-        else:
-            yield p
-
-
 def read_manifests(plan: Plan, source: Any = None) -> dict[int, dict]:
     """Read block manifests from a directory, files, or JSON Lines files
     (concatenated manifests).  ``source`` None means the plan's manifest dir."""
-    if source is None:  # the plan's own directory; absent when no block needed work
-        source = [plan.manifest_dir] if plan.manifest_dir.is_dir() else []
     found: dict[int, dict] = {}
-    for path in _manifest_files(source):
+    for path in step_files(source, plan.manifest_dir, "block-*.json"):
         if not path.exists():
             raise StagingError(f"Manifest not found: {path}")
         if path.suffix == ".jsonl":

@@ -77,6 +77,21 @@ def read_npz(path: str | os.PathLike, what: str, required: Iterable[str]) -> dic
     return out
 
 
+def step_files(sources: Any, default_dir: Path, pattern: str) -> list[Path]:
+    """The files a step reads: ``sources`` is None (the plan's own directory,
+    possibly absent), a path, or a list of paths; directories are searched for
+    ``pattern`` (sorted)."""
+    if sources is None:
+        sources = [default_dir] if default_dir.is_dir() else []
+    elif isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    paths: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        paths.extend(sorted(p.glob(pattern)) if p.is_dir() else [p])
+    return paths
+
+
 def check_plan_hash(found: Any, expected: str, where: str | os.PathLike) -> None:
     found = str(found.item() if isinstance(found, np.ndarray) else found)
     if found != expected:

@@ -14,7 +14,13 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 cnp.import_array()
 
 
-cdef inline int64_t _find(int64_t* parent, int64_t x) noexcept nogil:
+ctypedef fused parent_t:
+    int64_t
+    uint32_t
+    uint64_t
+
+
+cdef inline parent_t _find(parent_t* parent, parent_t x) noexcept nogil:
     # path halving: every visited node skips to its grandparent
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -50,18 +56,6 @@ def union_find_min(const int64_t[::1] left, const int64_t[::1] right, Py_ssize_t
     return roots, int(merges)
 
 
-ctypedef fused parent_t:
-    uint32_t
-    uint64_t
-
-
-cdef inline parent_t _find_dense(parent_t* parent, parent_t x) noexcept nogil:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
 def union_find_dense(const uint64_t[::1] left, const uint64_t[::1] right, parent_t[::1] parent):
     """Union-find over ids ``0..len(parent)-1`` given as the ids themselves
     (no compression), then number the sets in place.
@@ -78,8 +72,8 @@ def union_find_dense(const uint64_t[::1] left, const uint64_t[::1] right, parent
     cdef int64_t merges = 0
     with nogil:
         for i in range(m):
-            ra = _find_dense(p, <parent_t>left[i])
-            rb = _find_dense(p, <parent_t>right[i])
+            ra = _find(p, <parent_t>left[i])
+            rb = _find(p, <parent_t>right[i])
             if ra == rb:
                 continue
             merges += 1

@@ -136,6 +136,15 @@ def reject_unknown(backend: str, options: dict, known: set[str]) -> None:
         )
 
 
+def parse_bool(value: Any, name: str) -> bool:
+    """A flag from True/False or text (true/false, yes/no, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise InputError(f"Expected true or false for --{name}. Got {value!r} instead.")
+
+
 def per_axis(value: Any, ndim: int, what: str, cast=float) -> tuple:
     """A scalar or one value per spatial axis, as a tuple of length ``ndim``."""
     if isinstance(value, str):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, InputNotFoundError
-from .base import Backend, SegmentationContext, register, reject_unknown
+from .base import Backend, SegmentationContext, parse_bool, register, reject_unknown
 from .cellpose import CellposeSegmenter, default_halo
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ DEFAULT_PERCENTILE = (1.0, 99.0)
 #: figures are used for a GPU's memory.
 BYTES_PER_VOXEL = {"do_3D": 1000, "planes": 500, "2-D": 1600}
 BASE_BYTES = int(1.5 * 2 ** 30)
-
-
-def _bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise InputError(f"Expected true or false for --{name}. Got {value!r} instead.")
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
@@ -119,7 +111,7 @@ class CellposeBackend(Backend):
             raise InputError(f"Expected --diameter in pixels. Got {options.get('diameter')!r} instead.") from None
         if not math.isfinite(diameter) or diameter <= 0:
             raise InputError(f"Expected --diameter > 0 (pixels). Got {diameter} instead.")
-        do_3d = _bool(options.get("do_3d", ndim == 3), "do-3d") and ndim == 3
+        do_3d = parse_bool(options.get("do_3d", ndim == 3), "do-3d") and ndim == 3
         stitch = float(options.get("stitch_threshold", 0.0))
         if ndim == 3 and not do_3d and stitch <= 0:
             stitch = 0.3  # per-plane segmentation needs planes to be joined
@@ -139,7 +131,7 @@ class CellposeBackend(Backend):
                  max_size_fraction=float(options.get("max_size_fraction", 0.4)),
                  niter=None if options.get("niter") is None else int(options["niter"]),
                  batch_size=int(options.get("batch_size", 8)), channels=channels,
-                 invert=_bool(options.get("invert", False), "invert"), normalize=normalize,
+                 invert=parse_bool(options.get("invert", False), "invert"), normalize=normalize,
                  percentile=_pair(options.get("percentile", DEFAULT_PERCENTILE), "percentile"),
                  skip_below=None if skip is None else float(skip), ndim=ndim)
         be._validate()
