@@ -440,16 +440,17 @@ class Plan:
 # --------------------------------------------------------------------------- plan-blocks
 
 
+def output_stem(path: str) -> str:
+    """``/data/labels.ome.zarr`` -> ``/data/labels``: the base of the report and work dir names."""
+    return re.sub(r"\.(ome\.)?zarr$", "", path.rstrip("/"))
+
+
 def default_report_dir(output: str) -> str:
-    out = output.rstrip("/")
-    stem = re.sub(r"\.(ome\.)?zarr$", "", out)
-    return f"{stem}_report"
+    return f"{output_stem(output)}_report"
 
 
 def default_work_dir(output: str) -> str:
-    out = output.rstrip("/")
-    stem = re.sub(r"\.(ome\.)?zarr$", "", out)
-    return f"{stem}_work"
+    return f"{output_stem(output)}_work"
 
 
 def plan_blocks(
@@ -511,14 +512,16 @@ def plan_blocks(
         else:
             halo_t = parse_shape(halo, ndim, "halo", minimum=0)
         if isinstance(block_shape, str) and block_shape.strip().lower() == "auto":
-            block = be.auto_block_shape(source.shape, halo_t, _memory_budget(memory_gb))
-            log.info("block shape auto: %s for %.1f GB per task", block, _memory_budget(memory_gb) / 1e9)
+            budget = _memory_budget(memory_gb)
+            block = be.auto_block_shape(source.shape, halo_t, budget)
+            log.info("block shape auto: %s for %.1f GB per task", block, budget / 1e9)
         else:
             block = parse_shape(block_shape, ndim, "block_shape")
         rule = rule or be.default_rule
         label_name, ngff, pyramid = _output_layout(source, output, block, output_format, ngff_version,
                                                    pyramid_levels)
-        stem = output if not label_name else f"{re.sub(r'[.](ome[.])?zarr$', '', spec.uri)}_{label_name}"
+        # labels inside the input image: report and work dir next to the image, not inside it
+        stem = output if not label_name else f"{output_stem(spec.uri)}_{label_name}"
         wd = absolute_uri(work_dir) if work_dir else default_work_dir(stem)
         rd = absolute_uri(report_dir) if report_dir else default_report_dir(stem)
         if Path(output).exists() and not overwrite:
@@ -527,8 +530,7 @@ def plan_blocks(
             image=spec, shape=source.shape, dtype=str(source.dtype), axes=source.axes,
             block_shape=block, halo=halo_t, backend={"name": be.name, **be.params()}, rule=rule,
             min_iou=DEFAULT_MIN_IOU if min_iou is None else float(min_iou), label_dtype=str(label_dtype),
-            work_dir=wd, output=output,
-            report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
+            work_dir=wd, output=output, report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
             ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
         )
         request = {"backend": draft.backend, "scan": sorted(scan_needs(be, skip_empty)), "stats_level": stats_level}
