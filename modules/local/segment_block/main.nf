@@ -6,7 +6,8 @@
 process SEGMENT_BLOCK {
     tag "${meta.id}:${blocks}"
     label 'process_gpu'
-    container "${ task.accelerator ? params.container_gpu : params.container_cpu }"
+    // the GPU image carries torch and Cellpose: used on GPU tasks and for the cellpose backend
+    container "${ (task.accelerator || params.backend == 'cellpose') ? params.container_gpu : params.container_cpu }"
 
     input:
     tuple val(meta), path(plan), path(image), val(blocks)
