@@ -39,11 +39,11 @@ setup: $(VENV)/.stamp-$(EXTRAS)
 setup-cellpose4: $(CP4_VENV)/.stamp
 
 demo: setup
-	$(VENV)/bin/pystitch example $(DEMO_DIR)/example.zarr
-	$(VENV)/bin/pystitch run $(DEMO_DIR)/example.zarr $(DEMO_DIR)/labels.zarr \
-	    --block-shape 16,64,64 --halo 2,4,4 --backend threshold --threshold 500 --workers 2 --overwrite
-	@$(PY) -c 'import json; s = json.load(open("$(DEMO_DIR)/labels_report/summary.json")); \
-	    print(f"{s[\"objects\"]} objects in {s[\"blocks\"]} blocks -> {s[\"output\"]}; report: {s[\"report_dir\"]}/summary.html")'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NXF_ANSI_LOG=false \
+	    "$$(scripts/install-nextflow.sh | tail -n 1)" run main.nf -profile test --outdir $(DEMO_DIR)/results --overwrite true -resume
+	@$(PY) -c 'import json; s = json.load(open("$(DEMO_DIR)/results/example/labels_report/summary.json")); \
+	    print(f"{s[\"objects\"]} objects in {s[\"blocks\"]} blocks -> {s[\"output\"]}"); \
+	    print(f"report: {s[\"report_dir\"]}/summary.html")'
 
 test: test-main test-cellpose4
 
