@@ -15,7 +15,7 @@ CP4_VENV := .venv-cp4
 CP4_CONSTRAINTS := requirements/constraints-cellpose4.txt
 SOURCES := setup.py pyproject.toml $(wildcard pystitch/_core/*.pyx)
 
-.PHONY: setup setup-cellpose4 demo test test-main test-cellpose4 clean
+.PHONY: setup setup-cellpose4 demo test test-main test-cellpose4 bench clean
 
 # venv + pinned build tools + pystitch (editable, Cython compiled) with extras
 define make_env
@@ -53,6 +53,11 @@ test-main: setup
 # the Cellpose adapter against Cellpose 4 (its small test model is trained on first use)
 test-cellpose4: setup-cellpose4
 	$(CP4_VENV)/bin/python -m pytest -q tests/test_cellpose_adapter.py
+
+# benchmark suite (peers and plotting installed on demand); results in benchmarks/results/
+bench: setup
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -r benchmarks/requirements.txt
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf build $(DEMO_DIR) pystitch/_core/*.c pystitch/_core/*.cpp pystitch/_core/*.so
