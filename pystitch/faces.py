@@ -57,15 +57,20 @@ def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return contingency_flat(a32, b32)
 
 
-def match_pairs(la: np.ndarray, lb: np.ndarray, count: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
-                min_iou: float) -> np.ndarray:
+def pair_iou(la: np.ndarray, lb: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of each contingency row within the overlap whose labels are ``a`` and ``b``."""
+    size_a = np.bincount(a.ravel(), minlength=int(la.max(initial=0)) + 1).astype(np.float64)
+    size_b = np.bincount(b.ravel(), minlength=int(lb.max(initial=0)) + 1).astype(np.float64)
+    inter = count.astype(np.float64)
+    return inter / (size_a[la.astype(np.int64)] + size_b[lb.astype(np.int64)] - inter)
+
+
+def match_pairs(la: np.ndarray, lb: np.ndarray, iou: np.ndarray, min_iou: float) -> np.ndarray:
     """Mutual best matches by IoU with IoU >= ``min_iou``: a boolean mask over
     the contingency rows.  Ties go to the smaller label, deterministically."""
     if len(la) == 0:
         return np.zeros(0, bool)
     la64, lb64 = la.astype(np.int64), lb.astype(np.int64)
-    inter = count.astype(np.float64)
-    iou = inter / (size_a[la64] + size_b[lb64] - inter)
     # best partner of each a: sort by a, then IoU descending, then b ascending
     order_a = np.lexsort((lb64, -iou, la64))
     first_a = order_a[np.r_[True, la64[order_a][1:] != la64[order_a][:-1]]]
@@ -126,11 +131,9 @@ def pair_blocks(plan: Plan, slabs: _SlabCache, a: int, b: int, delta: tuple[int,
         keep = np.ones(len(la), bool)
         iou = np.ones(len(la), np.float32)
     else:
-        size_a = np.bincount(views[0].ravel(), minlength=int(la.max(initial=0)) + 1).astype(np.float64)
-        size_b = np.bincount(views[1].ravel(), minlength=int(lb.max(initial=0)) + 1).astype(np.float64)
-        keep = match_pairs(la, lb, count, size_a, size_b, plan.min_iou)
-        inter = count.astype(np.float64)
-        iou = (inter / (size_a[la.astype(np.int64)] + size_b[lb.astype(np.int64)] - inter)).astype(np.float32)
+        iou64 = pair_iou(la, lb, count, views[0], views[1])
+        keep = match_pairs(la, lb, iou64, plan.min_iou)
+        iou = iou64.astype(np.float32)
     keep &= (la <= n_a) & (lb <= n_b)  # only objects present in a core have ids
     return la[keep], lb[keep], count[keep], iou[keep]
 

@@ -207,3 +207,28 @@ def test_lut_slices_across_chunks(tmp_path):
         a = int(rng.integers(0, 1000))
         b = int(rng.integers(a, 1001))
         np.testing.assert_array_equal(lut.read(a, b), values[a:b])
+
+
+@SETTINGS
+@given(st.data())
+def test_match_is_one_to_one_and_symmetric(data):
+    """The match rule pairs each object with at most one object of the
+    neighbour, and gives the same pairs whichever block is called a."""
+    from pystitch.faces import contingency, match_pairs, pair_iou
+
+    shape = data.draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=10))
+    a = data.draw(hnp.arrays(np.uint32, shape, elements=st.integers(0, 6)))
+    b = data.draw(hnp.arrays(np.uint32, shape, elements=st.integers(0, 6)))
+    threshold = data.draw(st.sampled_from([0.05, 0.2, 0.5]))
+    la, lb, count = contingency(a, b)
+    keep = match_pairs(la, lb, pair_iou(la, lb, count, a, b), threshold)
+    pairs = set(zip(la[keep].tolist(), lb[keep].tolist()))
+    assert len({x for x, _ in pairs}) == len(pairs) == len({y for _, y in pairs})
+    lb2, la2, count2 = contingency(b, a)
+    keep2 = match_pairs(lb2, la2, pair_iou(lb2, la2, count2, b, a), threshold)
+    assert {(y, x) for x, y in zip(lb2[keep2].tolist(), la2[keep2].tolist())} == pairs
+    # every kept pair is above the threshold and each is the other's best
+    iou = pair_iou(la, lb, count, a, b)
+    for x, y, v in zip(la[keep], lb[keep], iou[keep]):
+        assert v >= threshold
+        assert v >= iou[la == x].max() and v >= iou[lb == y].max()
