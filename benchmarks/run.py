@@ -92,13 +92,18 @@ class TreeMemory:
         self._thread.join()
 
 
-def run_child(code: str, env: dict | None = None) -> tuple[float, float, str]:
+def run_child(code: str, env: dict | None = None, timeout: float = 900) -> tuple[float, float, str]:
     """Run python ``code`` in a child process: (wall seconds, peak tree RSS MiB, stdout)."""
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **(env or {})})
     with TreeMemory(proc.pid) as mem:
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"benchmark child timed out after {timeout:.0f} s") from None
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed (exit {proc.returncode}, peak {mem.peak / 2**20:.0f} MiB):\n"
