@@ -48,6 +48,25 @@ def test_lut_matches_fancy_indexing(data, readonly, strided):
     np.testing.assert_array_equal(out, expected)
 
 
+@SETTINGS
+@given(st.sampled_from(UINTS), st.lists(st.tuples(st.integers(0, 40), st.integers(1, 90)), min_size=1, max_size=40),
+       st.integers(0, 39), st.booleans())
+def test_lut_long_runs_and_first_bad_label(dtype, runs, bad_run, corrupt):
+    """Images long enough for the kernel's stretch-wise path: runs of every
+    length, and a label outside the table reported at its first position."""
+    labels = np.concatenate([np.full(length, value, dtype) for value, length in runs])
+    lut = (np.arange(41, dtype=np.uint64) * 7 + 1).astype(np.uint32)
+    if not corrupt:
+        np.testing.assert_array_equal(apply_lut_array(labels, lut), lut[labels])
+        return
+    value, length = runs[bad_run % len(runs)]
+    start = sum(r[1] for r in runs[:bad_run % len(runs)])
+    labels[start:start + length] = 41 + value % 3
+    first = int(np.flatnonzero(labels >= 41)[0])
+    with pytest.raises(InputError, match=f"Label {int(labels[first])} is outside the lut"):
+        apply_lut_array(labels, lut)
+
+
 def test_lut_runs_and_label_outside_table():
     labels = np.repeat(np.array([0, 3, 3, 1, 2, 2, 2, 0], np.uint32), 5)
     lut = np.array([0, 10, 20, 30], np.uint32)
