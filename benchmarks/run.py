@@ -6,7 +6,7 @@ in the same run on the same data.
     python benchmarks/run.py --quick         # small sizes, a minute or two
 
 Writes ``benchmarks/results/<date>-<host>.md`` (tables, machine, date) and a
-PNG plot next to it.  Needs ``benchmarks/requirements.txt`` (make bench-setup).
+PNG plot next to it, after every section.  ``make bench`` installs\n``benchmarks/requirements.txt`` and runs it.
 """
 
 from __future__ import annotations
@@ -282,24 +282,28 @@ def _read_result(out: Path, name: str) -> np.ndarray | None:
     return None
 
 
-def bench_end_to_end(side: int, block: int, tmp: Path, rows: list[dict]) -> None:
-    image = volume((side,) * 3, seed=4)
-    src = write_input(tmp / f"e2e{side}.zarr", image, (block,) * 3)
+def bench_end_to_end(shape: tuple[int, ...], block: int, tmp: Path, rows: list[dict]) -> None:
+    image = volume(shape, seed=4)
+    name = "x".join(map(str, shape))
+    src = write_input(tmp / f"e2e{name}.zarr", image, (block,) * len(shape))
     ref = ndimage.label(image > THR)[0]
+    del image
+    case = f"{name}, blocks {block}^{len(shape)}, 2 workers"
     for tool, code in END_TO_END.items():
-        out = tmp / f"e2e{side}-{tool.split()[0]}"
+        out = tmp / f"e2e{name}-{tool.split()[0]}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         try:
             wall, mem, _ = run_child(code.format(src=src, out=str(out), block=block, thr=THR))
         except RuntimeError as exc:
-            rows.append({"section": "end to end", "case": f"{side}^3", "tool": tool, "error": str(exc)[-300:]})
+            rows.append({"section": "end to end", "case": case, "tool": tool, "error": str(exc)[-300:]})
             continue
         key = {"pystitch": "pystitch", "dask-image": "dask", "patchworks": "patchworks"}.get(tool, "scipy")
         result = _read_result(out, key)
         same = bool(result is not None and partition_equivalent(result, ref))
-        rows.append({"section": "end to end", "case": f"{side}^3, blocks {block}^3, 2 workers", "tool": tool,
-                     "wall_s": wall, "peak_rss_mib": mem, "same_answer_as_scipy": same})
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append({"section": "end to end", "case": case, "tool": tool, "wall_s": wall, "peak_rss_mib": mem,
+                     "same_answer_as_scipy": same})
 
 
 def bench_scale(sides: list[int], block: int, tmp: Path, rows: list[dict]) -> None:
@@ -376,10 +380,65 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """Each target of the suite next to what this run measured."""
+    out = []
+
+    def sec(name: str) -> list[dict]:
+        return [r for r in rows if r["section"] == name]
+
+    lut = sec("apply-lut")
+    if lut:
+        worst = min(r["vs_numpy"] for r in lut)
+        out.append({"target": "apply-lut >= 2x numpy lut[labels]", "measured":
+                    f"{worst:.2f}x to {max(r['vs_numpy'] for r in lut):.2f}x "
+                    f"(vs fastremap {min(r['vs_fastremap'] for r in lut):.1f}x to "
+                    f"{max(r['vs_fastremap'] for r in lut):.1f}x)", "met": worst >= 2})
+    res = sec("resolve")
+    if res:
+        worst = min(r["vs_scipy"] for r in res)
+        out.append({"target": "resolve >= 3x scipy connected_components", "measured":
+                    f"{worst:.1f}x to {max(r['vs_scipy'] for r in res):.1f}x", "met": worst >= 3})
+    merge = sec("merge vs I/O floor")
+    if merge:
+        ratio = max(r["merge_over_floor"] for r in merge)
+        out.append({"target": "whole merge <= 1.5x the I/O floor", "measured": f"{ratio:.2f}x", "met": ratio <= 1.5})
+    for case in dict.fromkeys(r["case"] for r in sec("end to end")):
+        sub = [r for r in sec("end to end") if r["case"] == case]
+        ours = [r for r in sub if r["tool"] == "pystitch" and "wall_s" in r]
+        peers = [r for r in sub if r["tool"] != "pystitch" and not r["tool"].startswith("scipy") and "wall_s" in r]
+        failed = [r["tool"] for r in sub if "error" in r]
+        if not ours:
+            out.append({"target": f"end to end ({case})", "measured": "pystitch failed", "met": False})
+            continue
+        fastest = min(peers, key=lambda r: r["wall_s"]) if peers else None
+        speedup = fastest["wall_s"] / ours[0]["wall_s"] if fastest else float("inf")
+        text = (f"{speedup:.2f}x the speed of {fastest['tool']}, the fastest peer ({ours[0]['wall_s']:.1f} s vs "
+                f"{fastest['wall_s']:.1f} s)" if fastest else "no peer finished")
+        if failed:
+            text += f"; did not finish: {', '.join(failed)}"
+        out.append({"target": f"end to end >= 2x the fastest peer, same answer ({case})", "measured": text,
+                    "met": speedup >= 2 and bool(ours[0]["same_answer_as_scipy"])})
+    scale = sec("scale")
+    if len(scale) > 1:
+        mems = [r["task_peak_rss_mib"] for r in scale]
+        growth = mems[-1] / mems[0]
+        vox = scale[-1]["voxels"] / scale[0]["voxels"]
+        out.append({"target": "peak memory of a task independent of volume size", "measured":
+                    f"{mems[0]:.0f} -> {mems[-1]:.0f} MiB ({growth:.2f}x) for {vox:.0f}x the voxels",
+                    "met": growth <= 1.25})
+    return out
+
+
 def to_markdown(rows: list[dict], info: dict) -> str:
     lines = [f"# pystitch benchmarks — {info['date']}", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM; Python {info['python']}, "
              f"numpy {info['numpy']}, zarr {info['zarr']}, pystitch {info['pystitch']}.", ""]
+    goals = targets(rows)
+    if goals:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {g['target']} | {g['measured']} | {'yes' if g['met'] else 'no'} |" for g in goals]
+        lines.append("")
     for section in dict.fromkeys(r["section"] for r in rows):
         sub = [r for r in rows if r["section"] == section]
         cols = list(dict.fromkeys(k for r in sub for k in r if k != "section"))
@@ -408,6 +467,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axes[1].set(xlabel="voxels", ylabel="peak RSS (MiB)", title="memory vs volume")
         axes[1].legend()
     e2e = [r for r in rows if r["section"] == "end to end" and "wall_s" in r]
+    e2e = [r for r in e2e if r["case"] == e2e[0]["case"]] if e2e else []
     if e2e:
         axes[2].barh([r["tool"] for r in e2e], [r["wall_s"] for r in e2e])
         axes[2].set(xlabel="seconds", title=e2e[0]["case"])
@@ -415,39 +475,52 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_results(rows: list[dict], info: dict, stem: Path) -> None:
+    stem.with_suffix(".md").write_text(to_markdown(rows, info))
+    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
+    plot(rows, stem.with_suffix(".png"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--sections", default="kernels,merge,e2e,scale,memory")
+    ap.add_argument("--sections", default="kernels,merge,e2e,e2e2d,scale,memory")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md and .png of an earlier run's .json")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        write_results(saved["rows"], saved["machine"], Path(args.render).with_suffix(""))
+        print(Path(args.render).with_suffix(".md"))
+        return
     sections = set(args.sections.split(","))
     sides = [64, 128] if args.quick else [128, 256, 512]
-    rows: list[dict] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pystitch-bench-"))
-    try:
-        if "kernels" in sections:
-            bench_apply_lut(128 if args.quick else 256, rows)
-            bench_resolve([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8], rows)
-            bench_contingency(rows)
-        if "merge" in sections:
-            bench_merge_vs_io_floor(sides[-1], 64, tmp, rows)
-        if "e2e" in sections:
-            bench_end_to_end(sides[-1], 64, tmp, rows)
-        if "scale" in sections:
-            bench_scale(sides, 64, tmp, rows)
-        if "memory" in sections:
-            bench_resolve_memory([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8], rows)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    info = machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.date.today().isoformat()}-{platform.node() or 'host'}" + ("-quick" if args.quick else "")
-    (out / f"{stem}.md").write_text(to_markdown(rows, info))
-    (out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
-    plot(rows, out / f"{stem}.png")
-    print(out / f"{stem}.md")
+    stem = out / (f"{dt.date.today().isoformat()}-{platform.node() or 'host'}" + ("-quick" if args.quick else ""))
+    info = machine()
+    rows: list[dict] = []
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("kernels", lambda: (bench_apply_lut(128 if args.quick else 256, rows),
+                             bench_resolve([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8], rows),
+                             bench_contingency(rows))),
+        ("merge", lambda: bench_merge_vs_io_floor(sides[-1], 64, tmp, rows)),
+        ("e2e", lambda: bench_end_to_end((sides[-1],) * 3, 64, tmp, rows)),
+        ("e2e2d", lambda: bench_end_to_end((2048, 2048) if args.quick else (8192, 8192), 1024, tmp, rows)),
+        ("scale", lambda: bench_scale(sides, 64, tmp, rows)),
+        ("memory", lambda: bench_resolve_memory([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8],
+                                                rows)),
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="pystitch-bench-"))
+    try:
+        for name, step in steps:
+            if name in sections:
+                print(f"[bench] {name}", flush=True)
+                step()
+                write_results(rows, info, stem)  # after every section: an interrupted run keeps what it measured
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(stem.with_suffix(".md"))
 
 
 if __name__ == "__main__":
