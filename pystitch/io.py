@@ -105,6 +105,9 @@ class ImageSpec:
         return cls(**d)
 
 
+_OPENINGS = itertools.count()
+
+
 @dataclass
 class ImageSource:
     """A lazily read input image reduced to its spatial axes.
@@ -127,6 +130,9 @@ class ImageSource:
     _index: tuple = ()
     _channel_pos: int | None = None
     _keep: Any = None  # keeps a TiffFile open while the array is used
+    #: names this opening of the image in the chunk cache: an image rewritten
+    #: between two runs in one process is never served from stale chunks
+    _token: int = field(default_factory=lambda: next(_OPENINGS))
 
     @property
     def ndim(self) -> int:
@@ -155,8 +161,7 @@ class ImageSource:
 
     @property
     def _cache_key(self) -> tuple:
-        spec = self.spec
-        return (spec.uri, spec.array_path, spec.level)
+        return (self._token,)
 
     def close(self) -> None:
         if self._keep is not None:
@@ -176,7 +181,9 @@ def _regular_chunks(array: Any) -> tuple[int, ...] | None:
 
 
 class ChunkCache:
-    """Decoded input chunks, least recently used dropped first (per process).
+    """Decoded input chunks, least recently used dropped first (per process;
+    entries belong to one opening of an image, so an image rewritten between
+    two runs in one process is read afresh).
 
     Blocks read their core plus a halo, so neighbouring blocks read the same
     chunks: without a cache a chunk-sized block decodes up to 3**ndim chunks.

@@ -143,3 +143,17 @@ def test_chunk_cache_reads_what_zarr_reads(tmp_path, volume, capacity_mb, monkey
         lo = [int(rng.integers(0, n - 1)) for n in volume.shape]
         region = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, volume.shape))
         np.testing.assert_array_equal(src.read(region), volume[region] + 1)
+
+
+@pytest.mark.parametrize("new_chunks", [(8, 16, 16), (16, 32, 32)])
+def test_rewritten_image_is_not_read_from_stale_chunks(tmp_path, volume, new_chunks):
+    """Two runs in one process on the same path, the image rewritten in between
+    (same chunks, or other chunks): the second run segments the new image."""
+    path = str(tmp_path / "img.zarr")
+    zarr.create_array(store=path, shape=volume.shape, chunks=(8, 16, 16), dtype=volume.dtype)[:] = volume
+    pystitch.run(path, tmp_path / "a.zarr", block_shape=(8, 16, 16), halo=1, threshold=500, progress=False)
+    flipped = np.ascontiguousarray(volume[:, ::-1])
+    zarr.create_array(store=path, shape=volume.shape, chunks=new_chunks, dtype=volume.dtype,
+                      overwrite=True)[:] = flipped
+    pystitch.run(path, tmp_path / "b.zarr", block_shape=(8, 16, 16), halo=1, threshold=500, progress=False)
+    assert_partition_equivalent(load(tmp_path / "b.zarr"), ndimage.label(flipped > 500)[0])
