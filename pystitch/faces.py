@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -98,12 +98,21 @@ class _SlabCache:
         self.capacity = capacity
         self.cache: dict[tuple[int, int, str], np.ndarray] = {}
 
+    def prefetch(self, keys: Iterable[tuple[int, int, str]]) -> None:
+        """Read the missing ones of ``keys`` concurrently."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        for key, slab in zip(missing, self.staging.read_slabs(missing)):
+            self._put(key, slab)
+
+    def _put(self, key: tuple[int, int, str], slab: np.ndarray) -> None:
+        if len(self.cache) >= self.capacity:
+            del self.cache[next(iter(self.cache))]
+        self.cache[key] = slab
+
     def get(self, block: int, axis: int, side: str) -> np.ndarray:
         key = (block, axis, side)
         if key not in self.cache:
-            if len(self.cache) >= self.capacity:
-                del self.cache[next(iter(self.cache))]
-            self.cache[key] = self.staging.read_slab(block, axis, side)
+            self._put(key, self.staging.read_slab(block, axis, side))
         return self.cache[key]
 
     def forget_up_to(self, block: int) -> None:
@@ -111,12 +120,17 @@ class _SlabCache:
         self.cache = {k: v for k, v in self.cache.items() if k[0] > block}
 
 
+def _faces(delta: tuple[int, ...]) -> tuple[int, str, str]:
+    """The axis whose slabs two neighbours compare, and each one's side."""
+    axis = next(i for i, d in enumerate(delta) if d)
+    return (axis, "hi", "lo") if delta[axis] > 0 else (axis, "lo", "hi")
+
+
 def pair_blocks(plan: Plan, slabs: _SlabCache, a: int, b: int, delta: tuple[int, ...], n_a: int, n_b: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Joined (local_a, local_b) pairs of two neighbouring blocks with their
     overlap counts and IoU."""
-    axis = next(i for i, d in enumerate(delta) if d)
-    side_a, side_b = ("hi", "lo") if delta[axis] > 0 else ("lo", "hi")
+    axis, side_a, side_b = _faces(delta)
     region = _overlap(plan, a, b)
     views = []
     for block, side in ((a, side_a), (b, side_b)):
@@ -162,10 +176,11 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
         n_a = block_label_count(plan, mans, a)
         if n_a == 0:
             continue
-        for b, delta in plan.neighbours(a, forward_only=True):
-            n_b = block_label_count(plan, mans, b)
-            if n_b == 0:
-                continue
+        todo = [(b, delta, block_label_count(plan, mans, b)) for b, delta in plan.neighbours(a, forward_only=True)]
+        todo = [t for t in todo if t[2]]
+        slabs.prefetch(key for b, delta, _ in todo
+                       for axis, side_a, side_b in [_faces(delta)] for key in ((a, axis, side_a), (b, axis, side_b)))
+        for b, delta, n_b in todo:
             la, lb, count, iou = pair_blocks(plan, slabs, a, b, delta, n_a, n_b)
             rows = np.empty((len(la), 4), np.uint64)
             rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = a, la, b, lb

@@ -354,9 +354,9 @@ class Plan:
     def grid(self) -> tuple[int, ...]:
         return tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block_shape))
 
-    @property
+    @cached_property
     def n_blocks(self) -> int:
-        return int(np.prod(self.grid))
+        return math.prod(self.grid)
 
     @cached_property
     def empty_set(self) -> frozenset[int]:

@@ -154,7 +154,7 @@ class Lut:
         self.group = group
         self.uri = uri
         self.lut = group["lut"]
-        self.offsets = group["offsets"]
+        self.offsets = group["offsets"][:]  # one entry per block: read once, not per block
         self.attrs = dict(group.attrs)
         self.dtype = np.dtype(self.attrs["dtype"])
         self._chunks: dict[int, np.ndarray] = {}
@@ -175,7 +175,7 @@ class Lut:
         return int(self.attrs["n_objects"])
 
     def block_range(self, block: int) -> tuple[int, int]:
-        lo, hi = (int(v) for v in self.offsets[block:block + 2])
+        lo, hi = int(self.offsets[block]), int(self.offsets[block + 1])
         return lo, hi - lo
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import zarr
 
 from ._version import __version__
 from .errors import StagingError
-from .io import create_group_array, write_concurrently
+from .io import create_group_array, read_concurrently, write_concurrently
 from .plan import Plan
 from .storage import atomic_write_json, check_plan_hash, read_json, step_files
 
@@ -98,6 +98,11 @@ class Staging:
 
     def read_slab(self, block: int, axis: int, side: str) -> np.ndarray:
         return self._slabs[axis, side][self._slab_region(block, axis)]
+
+    def read_slabs(self, keys: Sequence[tuple[int, int, str]]) -> list[np.ndarray]:
+        """Several (block, axis, side) slabs read concurrently."""
+        return read_concurrently([(self._slabs[axis, side], self._slab_region(block, axis))
+                                  for block, axis, side in keys])
 
     def read_core(self, block: int) -> np.ndarray:
         return self.core[self.plan.core(block)]
