@@ -4,7 +4,9 @@ Each block reads its core labels (local ids ``1..n``) from the staging store
 and only ITS slice of the lut (``lut[offset + 1 : offset + n + 1]``, never the
 whole table), maps them with the compiled kernel, writes the output chunk,
 and records per-object statistics (voxel count, bounding box, coordinate
-sums) that ``finalize`` merges into the regions table.
+sums) that ``finalize`` merges into the regions table.  Reading the next
+block and writing the previous one overlap with the work on the current one,
+so a task holds at most three blocks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from ._core._lut import apply_lut_flat
 from ._core._regions import region_stats_3d
 from .errors import InputError, StagingError
+from .io import WriteBehind, read_ahead
 from .output import LabelOutput
 from .plan import Plan, parse_block_ids
 from .resolve import Lut
@@ -96,26 +99,25 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     output = LabelOutput.open(plan)
     staging = Staging(plan)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
-    for b in ids:
-        offset, n = table.block_range(b)
-        if n == 0:
-            continue
-        where = plan.block_description(b)
-        local = staging.read_core(b)
-        top = int(local.max()) if local.size else 0
-        if top > n:
-            raise StagingError(
-                f"The staging labels of {where} hold id {top} but its manifest counted {n} objects: "
-                "the staging store is corrupt or was written by another run."
-            )
-        block_lut = np.zeros(n + 1, dtype=table.dtype)
-        block_lut[1:] = table.read(offset + 1, offset + n + 1)
-        output.write_block(b, apply_lut_array(local, block_lut))
-        core = plan.core(b)
-        stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
-        rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
-        for k, v in stats.items():
-            rows[k].append(v)
+    work = [b for b in ids if table.block_range(b)[1] > 0]
+    # the next block is read and the previous one written while this one is mapped
+    with WriteBehind() as writer:
+        for b, local in read_ahead(work, staging.read_core):
+            offset, n = table.block_range(b)
+            top = int(local.max()) if local.size else 0
+            if top > n:
+                raise StagingError(
+                    f"The staging labels of {plan.block_description(b)} hold id {top} but its manifest counted "
+                    f"{n} objects: the staging store is corrupt or was written by another run."
+                )
+            block_lut = np.zeros(n + 1, dtype=table.dtype)
+            block_lut[1:] = table.read(offset + 1, offset + n + 1)
+            writer.submit(output.write_block, b, apply_lut_array(local, block_lut))
+            core = plan.core(b)
+            stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
+            rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
+            for k, v in stats.items():
+                rows[k].append(v)
     ndim = plan.ndim
     arrays = {
         "block": np.concatenate(rows["block"]) if rows["block"] else np.zeros(0, np.int64),
