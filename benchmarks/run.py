@@ -223,17 +223,36 @@ def bench_merge_vs_io_floor(side: int, block: int, tmp: Path, rows: list[dict]) 
     t_apply = time.perf_counter() - t
     merge = t_pairs + t_resolve + t_apply
 
-    from pystitch.io import LABEL_CODEC
-    core = zarr.open_group(plan.staging_uri, mode="r")["core"]
+    # the floor: every staging label read once (cores and face slabs), the output
+    # written once with the same codec and chunks, with the overlap of reads and
+    # writes apply-lut uses
+    from pystitch.io import LABEL_CODEC, WriteBehind, read_ahead
+    from pystitch.staging import SIDES, Staging
+
+    staging = Staging(plan)
     floor_out = zarr.create_array(store=str(tmp / f"floor{side}.zarr"), shape=plan.shape, chunks=plan.block_shape,
                                   dtype=np.uint32, fill_value=0, compressors=[LABEL_CODEC], overwrite=True)
+
+    def write(b: int, data: np.ndarray) -> None:
+        floor_out[plan.core(b)] = data
+
+    t = time.perf_counter()
+    with WriteBehind() as writer:
+        for b, data in read_ahead(ids, staging.read_core):
+            writer.submit(write, b, data)
+    floor_core = time.perf_counter() - t
     t = time.perf_counter()
     for b in ids:
-        floor_out[plan.core(b)] = core[plan.core(b)]
-    floor = time.perf_counter() - t
+        staging.read_slabs([(b, axis, side) for axis in plan.split_axes() for side in SIDES])
+    floor_slabs = time.perf_counter() - t
+    floor = floor_core + floor_slabs
     rows.append({"section": "merge vs I/O floor", "case": f"{side}^3, blocks {block}^3, 1 process",
                  "face_pairs_s": t_pairs, "resolve_s": t_resolve, "apply_lut_s": t_apply, "merge_s": merge,
-                 "io_floor_s": floor, "merge_over_floor": merge / floor})
+                 "floor_cores_and_output_s": floor_core, "floor_face_slabs_s": floor_slabs, "io_floor_s": floor,
+                 "merge_over_floor": merge / floor})
+    shutil.rmtree(tmp / f"floor{side}.zarr", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(tmp / f"merge{side}-work", ignore_errors=True)
 
 
 END_TO_END = {
@@ -399,10 +418,10 @@ def targets(rows: list[dict]) -> list[dict]:
         worst = min(r["vs_scipy"] for r in res)
         out.append({"target": "resolve >= 3x scipy connected_components", "measured":
                     f"{worst:.1f}x to {max(r['vs_scipy'] for r in res):.1f}x", "met": worst >= 3})
-    merge = sec("merge vs I/O floor")
-    if merge:
-        ratio = max(r["merge_over_floor"] for r in merge)
-        out.append({"target": "whole merge <= 1.5x the I/O floor", "measured": f"{ratio:.2f}x", "met": ratio <= 1.5})
+    for r in sec("merge vs I/O floor"):
+        out.append({"target": f"whole merge <= 1.5x the I/O floor ({r['case']})",
+                    "measured": f"{r['merge_over_floor']:.2f}x ({r['merge_s']:.2f} s vs {r['io_floor_s']:.2f} s)",
+                    "met": r["merge_over_floor"] <= 1.5})
     for case in dict.fromkeys(r["case"] for r in sec("end to end")):
         sub = [r for r in sec("end to end") if r["case"] == case]
         ours = [r for r in sub if r["tool"] == "pystitch" and "wall_s" in r]
@@ -504,8 +523,8 @@ def main() -> None:
         ("kernels", lambda: (bench_apply_lut(128 if args.quick else 256, rows),
                              bench_resolve([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8], rows),
                              bench_contingency(rows))),
-        ("merge", lambda: bench_merge_vs_io_floor(sides[-1], 64, tmp, rows)),
-        ("e2e", lambda: bench_end_to_end((sides[-1],) * 3, 64, tmp, rows)),
+        ("merge", lambda: [bench_merge_vs_io_floor(sides[-1], block, tmp, rows) for block in (64, 128)]),
+        ("e2e", lambda: bench_end_to_end((sides[-1],) * 3, 128, tmp, rows)),
         ("e2e2d", lambda: bench_end_to_end((2048, 2048) if args.quick else (8192, 8192), 1024, tmp, rows)),
         ("scale", lambda: bench_scale(sides, 64, tmp, rows)),
         ("memory", lambda: bench_resolve_memory([10 ** 5, 10 ** 6] if args.quick else [10 ** 6, 10 ** 7, 10 ** 8],
