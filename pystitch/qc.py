@@ -78,26 +78,35 @@ def seam_qc(plan: Any, labels: Any, counts: np.ndarray, max_faces: int | None = 
     faces = seam_faces(plan, counts)
     if max_faces is not None and len(faces) > max_faces:
         faces = [faces[i] for i in np.unique(np.linspace(0, len(faces) - 1, max_faces).round().astype(int))]
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[int, tuple[tuple[int, ...], dict]] = {}
 
-    def core(block: int) -> np.ndarray:
+    def planes(block: int) -> tuple[tuple[int, ...], dict]:
+        """A block's shape and the planes QC compares (first, last and the two
+        middle ones on every split axis): its core is decoded once, only the
+        planes are kept."""
         if block not in cache:
-            if len(cache) > 64:
+            if len(cache) >= 64:
                 cache.pop(next(iter(cache)))
-            cache[block] = labels[plan.core(block)]
+            core = labels[plan.core(block)]
+            kept = {}
+            for axis in plan.split_axes():
+                n = core.shape[axis]
+                for pos in {0, n - 1, n // 2 - 1, n // 2} - {-1}:
+                    kept[axis, pos] = np.take(core, pos, axis=axis)
+            cache[block] = (core.shape, kept)
         return cache[block]
 
     seam = np.zeros(2, np.int64)
     control = np.zeros(2, np.int64)
     per_face = []
     for a, b, axis in faces:
-        A, B = core(a), core(b)
-        s = plane_breaks(np.take(A, -1, axis=axis), np.take(B, 0, axis=axis))
+        shape, pa = planes(a)
+        s = plane_breaks(pa[axis, shape[axis] - 1], planes(b)[1][axis, 0])
         seam += s
         per_face.append({"block": a, "neighbour": b, "axis": plan.axes[axis], "breaks": s[0], "objects": s[1]})
-        mid = A.shape[axis] // 2
+        mid = shape[axis] // 2
         if mid >= 1:
-            control += plane_breaks(np.take(A, mid - 1, axis=axis), np.take(A, mid, axis=axis))
+            control += plane_breaks(pa[axis, mid - 1], pa[axis, mid])
     seam_rate = float(seam[0] / seam[1]) if seam[1] else 0.0
     control_rate = float(control[0] / control[1]) if control[1] else 0.0
     flagged = bool(seam[1] >= 5 and seam_rate > max(FLAG_RATIO * control_rate, control_rate + FLAG_MARGIN))
