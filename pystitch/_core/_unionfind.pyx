@@ -28,6 +28,19 @@ cdef inline parent_t _find(parent_t* parent, parent_t x) noexcept nogil:
     return x
 
 
+cdef inline bint _union(parent_t* parent, parent_t a, parent_t b) noexcept nogil:
+    """Join the sets of a and b under the smaller root; true when they were apart."""
+    a = _find(parent, a)
+    b = _find(parent, b)
+    if a == b:
+        return False
+    if a < b:
+        parent[b] = a
+    else:
+        parent[a] = b
+    return True
+
+
 def union_find_min(const int64_t[::1] left, const int64_t[::1] right, Py_ssize_t n):
     """Join ``left[i]`` with ``right[i]`` for every i over the elements ``0..n-1``.
 
@@ -38,18 +51,10 @@ def union_find_min(const int64_t[::1] left, const int64_t[::1] right, Py_ssize_t
     cdef cnp.ndarray[int64_t, ndim=1] roots = np.arange(n, dtype=np.int64)
     cdef int64_t* parent = <int64_t*>cnp.PyArray_DATA(roots)
     cdef Py_ssize_t i, m = left.shape[0]
-    cdef int64_t ra, rb, merges = 0
+    cdef int64_t merges = 0
     with nogil:
         for i in range(m):
-            ra = _find(parent, left[i])
-            rb = _find(parent, right[i])
-            if ra == rb:
-                continue
-            merges += 1
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
+            merges += _union(parent, left[i], right[i])
         # parent[i] <= i always holds, so one ascending pass flattens every tree
         for i in range(n):
             parent[i] = parent[parent[i]]
@@ -67,20 +72,12 @@ def union_find_dense(const uint64_t[::1] left, const uint64_t[::1] right, parent
     below ``len(parent)`` (checked by the caller).
     """
     cdef Py_ssize_t i, m = left.shape[0], n = parent.shape[0]
-    cdef parent_t ra, rb, nxt = 0
+    cdef parent_t nxt = 0
     cdef parent_t* p = &parent[0]
     cdef int64_t merges = 0
     with nogil:
         for i in range(m):
-            ra = _find(p, <parent_t>left[i])
-            rb = _find(p, <parent_t>right[i])
-            if ra == rb:
-                continue
-            merges += 1
-            if ra < rb:
-                p[rb] = ra
-            else:
-                p[ra] = rb
+            merges += _union(p, <parent_t>left[i], <parent_t>right[i])
         # ascending: a non-root's parent is smaller, so it already holds the
         # final id of their common set
         for i in range(1, n):
