@@ -158,7 +158,9 @@ def bench_apply_lut(side: int, rows: list[dict]) -> None:
             t_ours = best_of(lambda: apply_lut_array(lab, lut))
             t_ours_buf = best_of(lambda: apply_lut_array(lab, lut, out=buf))
             t_np = best_of(lambda: lut[lab])
-            t_np_buf = min(t_np, best_of(lambda: np.take(lut, lab, out=buf)))  # numpy's best into a buffer
+            t_np_buf = t_np  # numpy's best into a buffer (take refuses uint64 indices)
+            if lab.dtype != np.uint64:
+                t_np_buf = min(t_np, best_of(lambda: np.take(lut, lab, out=buf)))
             mapping = {int(k): int(lut[k]) for k in np.unique(lab)}
             t_fr = best_of(lambda: fastremap.remap(lab, mapping, preserve_missing_labels=True), repeat=2)
             rows.append({"section": "apply-lut", "case": f"{side}^3 {kind} lut, {np.dtype(dtype).name} labels "
