@@ -484,7 +484,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     scale = [r for r in rows if r["section"] == "scale"]
     if scale:
         v = [r["voxels"] for r in scale]
@@ -500,7 +500,8 @@ def plot(rows: list[dict], path: Path) -> None:
     e2e = [r for r in e2e if r["case"] == e2e[0]["case"]] if e2e else []
     if e2e:
         axes[2].barh([r["tool"] for r in e2e], [r["wall_s"] for r in e2e])
-        axes[2].set(xlabel="seconds", title=e2e[0]["case"])
+        axes[2].set_xscale("log")
+        axes[2].set(xlabel="seconds (log)", title=e2e[0]["case"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
