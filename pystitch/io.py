@@ -106,9 +106,6 @@ class ImageSpec:
         return cls(**d)
 
 
-_OPENINGS = itertools.count()
-
-
 @dataclass
 class ImageSource:
     """A lazily read input image reduced to its spatial axes.
@@ -131,9 +128,6 @@ class ImageSource:
     _index: tuple = ()
     _channel_pos: int | None = None
     _keep: Any = None  # keeps a TiffFile open while the array is used
-    #: names this opening of the image in the chunk cache: an image rewritten
-    #: between two runs in one process is never served from stale chunks
-    _token: int = field(default_factory=lambda: next(_OPENINGS))
 
     @property
     def ndim(self) -> int:
@@ -162,7 +156,9 @@ class ImageSource:
 
     @property
     def _cache_key(self) -> tuple:
-        return (self._token,)
+        spec = self.spec
+        return (spec.uri, spec.array_path, spec.level, tuple(self.array.shape), _regular_chunks(self.array),
+                str(self.array.dtype))
 
     def close(self) -> None:
         if self._keep is not None:
@@ -183,8 +179,8 @@ def _regular_chunks(array: Any) -> tuple[int, ...] | None:
 
 class ChunkCache:
     """Decoded input chunks, least recently used dropped first (per process;
-    entries belong to one opening of an image, so an image rewritten between
-    two runs in one process is read afresh).
+    emptied whenever a plan is made, so a run never reads chunks of an image
+    that was rewritten before it, even in the process of an earlier run).
 
     Blocks read their core plus a halo, so neighbouring blocks read the same
     chunks: without a cache a chunk-sized block decodes up to 3**ndim chunks.
@@ -197,6 +193,10 @@ class ChunkCache:
         self.capacity = capacity_bytes
         self.used = 0
         self.chunks: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.used = 0
 
     def _put(self, key: tuple, data: np.ndarray) -> None:
         if data.nbytes > self.capacity:

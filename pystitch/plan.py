@@ -31,6 +31,7 @@ import numpy as np
 from ._version import __version__
 from .backends import Backend, get_backend, make_backend
 from .errors import InputError, OutputExistsError, PlanMismatchError, StagingError
+from . import io as image_io
 from .io import ImageSource, ImageSpec, absolute_uri, is_url, open_image
 from .output import NGFF_VERSIONS, OUTPUT_FORMATS, image_pyramid_factors, ngff_version_of, pyramid_factors
 from .storage import atomic_write_json, read_json, remove_path
@@ -498,6 +499,7 @@ def plan_blocks(
     spec = image if isinstance(image, ImageSpec) else ImageSpec(
         uri=image, array_path=array_path, level=level, channel=channel,
         channel_axis=channel_axis, timepoint=timepoint)
+    image_io.CHUNK_CACHE.clear()  # chunks decoded before this plan may belong to an image since rewritten
     source = open_image(spec)
     try:
         ndim = source.ndim
