@@ -96,6 +96,19 @@ def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress
         bar.close()
 
 
+def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
+    """Order batches so that workers taking the next one in turn each sweep a
+    contiguous range: a worker's consecutive batches then read the same input
+    chunks (the halos of neighbouring rows), which its chunk cache decodes
+    once.  Only the order changes, never the batches."""
+    if workers <= 1 or len(groups) <= workers:
+        return groups
+    size, extra = divmod(len(groups), workers)
+    bounds = [w * size + min(w, extra) for w in range(workers + 1)]  # the longer ranges first
+    ranges = [groups[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [r[i] for i in range(size + (extra > 0)) for r in ranges if i < len(r)]
+
+
 # top-level task functions (picklable for worker processes)
 
 def _segment_task(args: tuple) -> list[int]:
@@ -208,7 +221,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     # rows of neighbouring blocks per task: they read the same input chunks (see io.ChunkCache)
     row = min(max(plan.grid[-1], 4), 64)
     runtime = {"device": device, "allow_cpu_fallback": allow_cpu_fallback}
-    for _ in map_blocks(_segment_task, [(plan_path, g, runtime) for g in batches(todo, row)], workers=workers,
+    groups = sweep_order(batches(todo, row), workers)
+    for _ in map_blocks(_segment_task, [(plan_path, g, runtime) for g in groups], workers=workers,
                         progress=progress, desc="segment"):
         pass
     timings["segment"] = time.perf_counter() - t

@@ -127,3 +127,16 @@ def test_image_without_foreground(tmp_path):
     assert s["objects"] == 0 and s["planned_empty_blocks"] == s["blocks"] == 8
     assert load(tmp_path / "out.zarr").max() == 0
     assert (tmp_path / "out_report" / "regions.csv").read_text().startswith("id,voxels")
+
+
+@pytest.mark.parametrize("n, workers", [(1, 2), (7, 2), (8, 2), (10, 3), (5, 1), (3, 4)])
+def test_sweep_order_is_a_permutation_with_one_contiguous_range_per_worker(n, workers):
+    from pystitch.runner import sweep_order
+
+    groups = [[i] for i in range(n)]
+    order = sweep_order(groups, workers)
+    assert sorted(order) == groups
+    # taking the batches in turn, every worker's share is one ascending run of consecutive batches
+    for w in range(min(workers, n)):
+        share = [g[0] for g in order[w::min(workers, len(order))]]
+        assert share == list(range(share[0], share[0] + len(share)))
