@@ -89,6 +89,9 @@ def _overlap(plan: Plan, a: int, b: int) -> tuple[slice, ...]:
     return tuple(slice(max(x, y, 0), min(x + s, y + s, n)) for x, y, s, n in zip(fa, fb, shape, plan.shape))
 
 
+SlabKey = tuple[int, int, str]  # (block, axis, side)
+
+
 class _SlabCache:
     """Face slabs of the blocks a batch touches, read once per task while they
     may still be needed (bounded: memory must not grow with the batch)."""
@@ -96,15 +99,15 @@ class _SlabCache:
     def __init__(self, staging: Staging, capacity: int = 256) -> None:
         self.staging = staging
         self.capacity = capacity
-        self.cache: dict[tuple[int, int, str], np.ndarray] = {}
+        self.cache: dict[SlabKey, np.ndarray] = {}
 
-    def prefetch(self, keys: Iterable[tuple[int, int, str]]) -> None:
+    def prefetch(self, keys: Iterable[SlabKey]) -> None:
         """Read the missing ones of ``keys`` concurrently."""
         missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
         for key, slab in zip(missing, self.staging.read_slabs(missing)):
             self._put(key, slab)
 
-    def _put(self, key: tuple[int, int, str], slab: np.ndarray) -> None:
+    def _put(self, key: SlabKey, slab: np.ndarray) -> None:
         if len(self.cache) >= self.capacity:
             del self.cache[next(iter(self.cache))]
         self.cache[key] = slab
@@ -120,20 +123,21 @@ class _SlabCache:
         self.cache = {k: v for k, v in self.cache.items() if k[0] > block}
 
 
-def _faces(delta: tuple[int, ...]) -> tuple[int, str, str]:
-    """The axis whose slabs two neighbours compare, and each one's side."""
+def slab_keys(a: int, b: int, delta: tuple[int, ...]) -> tuple[SlabKey, SlabKey]:
+    """The slabs two neighbours compare (``b`` lies at ``delta`` from ``a``):
+    across the first axis on which they differ, each on its facing side."""
     axis = next(i for i, d in enumerate(delta) if d)
-    return (axis, "hi", "lo") if delta[axis] > 0 else (axis, "lo", "hi")
+    side_a, side_b = ("hi", "lo") if delta[axis] > 0 else ("lo", "hi")
+    return (a, axis, side_a), (b, axis, side_b)
 
 
 def pair_blocks(plan: Plan, slabs: _SlabCache, a: int, b: int, delta: tuple[int, ...], n_a: int, n_b: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Joined (local_a, local_b) pairs of two neighbouring blocks with their
     overlap counts and IoU."""
-    axis, side_a, side_b = _faces(delta)
     region = _overlap(plan, a, b)
     views = []
-    for block, side in ((a, side_a), (b, side_b)):
+    for block, axis, side in slab_keys(a, b, delta):
         origin = plan.slab_origin(block, axis, side)
         local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
         views.append(slabs.get(block, axis, side)[local])
@@ -178,8 +182,7 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
             continue
         todo = [(b, delta, block_label_count(plan, mans, b)) for b, delta in plan.neighbours(a, forward_only=True)]
         todo = [t for t in todo if t[2]]
-        slabs.prefetch(key for b, delta, _ in todo
-                       for axis, side_a, side_b in [_faces(delta)] for key in ((a, axis, side_a), (b, axis, side_b)))
+        slabs.prefetch(key for b, delta, _ in todo for key in slab_keys(a, b, delta))
         for b, delta, n_b in todo:
             la, lb, count, iou = pair_blocks(plan, slabs, a, b, delta, n_a, n_b)
             rows = np.empty((len(la), 4), np.uint64)

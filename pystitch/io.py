@@ -15,11 +15,11 @@ import itertools
 import logging
 import os
 import re
-from collections import OrderedDict
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np

@@ -36,7 +36,6 @@ BATCH_SIZE = 32
 
 
 _POOL: ProcessPoolExecutor | None = None
-_POOL_SIZE = 0
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -54,17 +53,16 @@ def _context() -> multiprocessing.context.BaseContext:
 def worker_pool(workers: int) -> Iterator[None]:
     """Keep one pool of ``workers`` processes for every step inside the block:
     workers start (and import numpy, scipy, zarr) once per run, not per step."""
-    global _POOL, _POOL_SIZE
+    global _POOL
     if workers <= 1 or _POOL is not None:
         yield
         return
     _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
-    _POOL_SIZE = workers
     try:
         yield
     finally:
         _POOL.shutdown(cancel_futures=True)
-        _POOL, _POOL_SIZE = None, 0
+        _POOL = None
 
 
 def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress: bool = False,
