@@ -41,11 +41,13 @@ setup-cellpose4: $(CP4_VENV)/.stamp
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NXF_ANSI_LOG=false \
 	    "$$(scripts/install-nextflow.sh | tail -n 1)" run main.nf -profile test --outdir $(DEMO_DIR)/results --overwrite true -resume
-	@$(PY) -c 'import json; s = json.load(open("$(DEMO_DIR)/results/example/labels_report/summary.json")); \
-	    print(f"{s[\"objects\"]} objects in {s[\"blocks\"]} blocks -> {s[\"output\"]}"); \
-	    print(f"report: {s[\"report_dir\"]}/summary.html")'
+	@$(PY) -c 'import json, sys; s = json.load(open(sys.argv[1])); \
+	    print("%d objects in %d blocks -> %s" % (s["objects"], s["blocks"], s["output"])); \
+	    print("report: %s/summary.html" % s["report_dir"])' $(DEMO_DIR)/results/example/labels_report/summary.json
 
-test: test-main test-cellpose4
+# both suites always run (-k): a failure in one does not hide the other's result
+test: setup setup-cellpose4
+	$(MAKE) --no-print-directory -k test-main test-cellpose4
 
 test-main: setup
 	$(PY) -m pytest -q
