@@ -34,9 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import pystitch  # noqa: E402
 from pystitch import reference  # noqa: E402
-from pystitch.faces import contingency  # noqa: E402
-from pystitch.relabel import apply_lut_array  # noqa: E402
-from pystitch.resolve import final_lut  # noqa: E402
+from pystitch._core import apply_lut_array, contingency  # noqa: E402
+from pystitch.steps.resolve import final_lut  # noqa: E402
 
 THR = 500
 
@@ -233,15 +232,16 @@ def bench_merge_vs_io_floor(side: int, block: int, tmp: Path, rows: list[dict]) 
     # the floor: every staging label read once (cores and face slabs), the output
     # written once with the same codec and chunks, with the overlap of reads and
     # writes apply-lut uses
-    from pystitch.io import LABEL_CODEC, WriteBehind, read_ahead
-    from pystitch.staging import SIDES, Staging
+    from pystitch.storage.zarrs import LABEL_CODEC, WriteBehind, read_ahead
+    from pystitch.grid import SIDES
+    from pystitch.storage.staging import Staging
 
-    staging = Staging(plan)
+    staging = Staging(plan.staging_uri, plan.grid, plan.hash)
     floor_out = zarr.create_array(store=str(tmp / f"floor{side}.zarr"), shape=plan.shape, chunks=plan.block_shape,
                                   dtype=np.uint32, fill_value=0, compressors=[LABEL_CODEC], overwrite=True)
 
     def write(b: int, data: np.ndarray) -> None:
-        floor_out[plan.core(b)] = data
+        floor_out[plan.grid.core(b)] = data
 
     t = time.perf_counter()
     with WriteBehind() as writer:
@@ -250,7 +250,7 @@ def bench_merge_vs_io_floor(side: int, block: int, tmp: Path, rows: list[dict]) 
     floor_core = time.perf_counter() - t
     t = time.perf_counter()
     for b in ids:
-        staging.read_slabs([(b, axis, side) for axis in plan.split_axes() for side in SIDES])
+        staging.read_slabs([(b, axis, side) for axis in plan.grid.split_axes() for side in SIDES])
     floor_slabs = time.perf_counter() - t
     floor = floor_core + floor_slabs
     rows.append({"section": "merge vs I/O floor", "case": f"{side}^3, blocks {block}^3, 1 process",
@@ -369,7 +369,7 @@ def bench_resolve_memory(counts: list[int], rows: list[dict]) -> None:
     for n in counts:
         code = f"""
 import numpy as np
-from pystitch.resolve import final_lut
+from pystitch.steps.resolve import final_lut
 rng = np.random.default_rng(0)
 pairs = rng.integers(1, {n} + 1, size=({n} // 10, 2), dtype=np.uint64)
 chunks, n_final, _ = final_lut({n}, pairs)

@@ -10,24 +10,50 @@ Python API::
 The step functions (``plan_blocks``, ``segment_blocks``, ``face_pairs``,
 ``resolve``, ``apply_lut``, ``finalize``) are what the CLIs and the Nextflow
 pipeline call; ``merge`` stitches labels you computed yourself.
+
+Names are imported on first use, so ``import pystitch`` (and the CLIs'
+``--help``) stay quick.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ._version import __version__
 from .errors import (
     DeviceError, InputError, InputNotFoundError, LabelOverflowError, OutputExistsError, PlanMismatchError,
     PystitchError, SegmenterError, StagingError,
 )
-from .faces import face_pairs
-from .finalize import finalize
-from .merge import merge
-from .plan import Plan, plan_blocks
-from .relabel import apply_lut
-from .resolve import resolve
-from .runner import run
-from .segment import segment_blocks
+
+#: public name -> module that defines it
+_LAZY = {
+    "run": "pystitch.runner",
+    "Plan": "pystitch.plan",
+    "BlockGrid": "pystitch.grid",
+    "plan_blocks": "pystitch.steps.plan_blocks",
+    "segment_blocks": "pystitch.steps.segment_block",
+    "face_pairs": "pystitch.steps.face_pairs",
+    "resolve": "pystitch.steps.resolve",
+    "apply_lut": "pystitch.steps.apply_lut",
+    "finalize": "pystitch.steps.finalize",
+    "merge": "pystitch.merge",
+}
 
 __all__ = [
-    "__version__", "run", "Plan", "plan_blocks", "segment_blocks", "face_pairs", "resolve", "apply_lut",
-    "finalize", "merge", "PystitchError", "InputError", "InputNotFoundError", "OutputExistsError",
+    "__version__", *_LAZY, "PystitchError", "InputError", "InputNotFoundError", "OutputExistsError",
     "PlanMismatchError", "StagingError", "LabelOverflowError", "SegmenterError", "DeviceError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pystitch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

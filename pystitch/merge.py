@@ -22,14 +22,16 @@ import numpy as np
 
 from .backends.base import Backend, SegmentationContext, register
 from .errors import InputError, OutputExistsError
-from .faces import face_pairs
-from .finalize import finalize
-from .io import absolute_uri
-from .plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_work_dir, parse_shape
-from .relabel import apply_lut
-from .resolve import resolve
-from .segment import store_labels
-from .staging import Staging, create_staging, write_manifest
+from .grid import parse_shape
+from .manifests import write_manifest
+from .plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_work_dir
+from .steps.apply_lut import apply_lut
+from .steps.face_pairs import face_pairs
+from .steps.finalize import finalize
+from .steps.resolve import resolve
+from .steps.segment_block import store_labels
+from .storage.images import absolute_uri
+from .storage.staging import Staging, create_staging
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
 
     ``block_labels(block_id, region)`` (or ``block_labels[block_id]``) must
     give the integer labels of ``region``: the block's core grown by ``halo``
-    and clipped to the image (``Plan.extended``).  Blocks for which a mapping
+    and clipped to the image (``BlockGrid.extended``).  Blocks for which a mapping
     has no entry are empty.
     """
     try:
@@ -86,9 +88,9 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
     )
     plan.clean_work_dir()
     Path(plan.work_dir).mkdir(parents=True, exist_ok=True)
-    create_staging(plan)
+    create_staging(plan.staging_uri, plan.grid, plan.hash)
     plan.save()
-    staging = Staging(plan, mode="r+")
+    staging = Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
     blocks = []
     for b in range(plan.n_blocks):
         if isinstance(block_labels, Mapping):
@@ -96,7 +98,7 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
                 continue
             labels = block_labels[b]
         else:
-            labels = block_labels(b, plan.extended(b))
+            labels = block_labels(b, plan.grid.extended(b))
         if labels is None:
             continue
         store_labels(plan, staging, b, labels, plan.manifest_dir, backend={"backend": ProvidedBackend.name})

@@ -1,9 +1,14 @@
-"""The local runner and the Python API.
+"""The local runner: every step on this machine, in parallel processes.
 
 ``run`` calls the same step functions the CLIs and the Nextflow pipeline
-call: plan, segment (in parallel processes), face-pairs, resolve, apply-lut,
-finalize.  It resumes: blocks with a valid manifest and batches with a valid
-result file are skipped, so an interrupted run continues where it stopped.
+call: plan, segment, face-pairs, resolve, apply-lut, finalize.  It resumes:
+blocks with a valid manifest and batches with a valid result file are
+skipped, so an interrupted run continues where it stopped.
+
+Scheduling lives here and only here: one pool of worker processes per run
+(started once, used by every step), batches of blocks ordered so that each
+worker sweeps neighbouring rows, and per-worker state (the open backend and
+image of a plan) that lives as long as the pool.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from .faces import face_pairs, pairs_name
-from .finalize import finalize
-from .output import LabelOutput
-from .plan import WHEN_SCANNING, Plan, batches, plan_blocks
-from .relabel import apply_lut, stats_name
-from .resolve import Lut, resolve
-from .segment import segment_blocks
-from .storage import read_npz, remove_path
+from . import params
+from .grid import batches
+from .plan import Plan
+from .steps.apply_lut import apply_lut, stats_name
+from .steps.face_pairs import face_pairs, pairs_name
+from .steps.finalize import finalize
+from .steps.plan_blocks import WHEN_SCANNING, plan_blocks
+from .steps.resolve import resolve
+from .steps.segment_block import BlockSegmenter, segment_blocks
+from .storage.files import read_npz, remove_path
+from .storage.labels import LabelOutput
+from .storage.lut import Lut
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,31 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 32
 
 
-_POOL: ProcessPoolExecutor | None = None
+# --------------------------------------------------------------------------- per-process state
+
+#: open BlockSegmenters of this process, by (plan hash, runtime settings).  In a
+#: worker it lives as long as the pool, i.e. one run; in the calling process the
+#: runner empties it when a run ends.
+_SEGMENTERS: dict[tuple, BlockSegmenter] = {}
+
+
+def _segmenter(plan_path: str, runtime: dict) -> BlockSegmenter:
+    plan = Plan.load(plan_path)
+    key = (plan.hash, tuple(sorted(runtime.items())))
+    seg = _SEGMENTERS.get(key)
+    if seg is None:
+        _close_segmenters()
+        seg = _SEGMENTERS[key] = BlockSegmenter(plan, **runtime)
+    return seg
+
+
+def _close_segmenters() -> None:
+    for seg in _SEGMENTERS.values():
+        seg.close()
+    _SEGMENTERS.clear()
+
+
+# --------------------------------------------------------------------------- the pool
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -49,38 +81,37 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-@contextmanager
-def worker_pool(workers: int) -> Iterator[None]:
-    """Keep one pool of ``workers`` processes for every step inside the block:
-    workers start (and import numpy, scipy, zarr) once per run, not per step."""
-    global _POOL
-    if workers <= 1 or _POOL is not None:
-        yield
-        return
-    _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
-    try:
-        yield
-    finally:
-        _POOL.shutdown(cancel_futures=True)
-        _POOL = None
+class Scheduler:
+    """Runs the tasks of a step: in this process (``workers`` <= 1) or in one
+    pool of worker processes started once for the whole run."""
 
+    def __init__(self, workers: int, progress: bool = False) -> None:
+        self.workers = workers
+        self.progress = progress
+        self._pool: ProcessPoolExecutor | None = None
 
-def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress: bool = False,
-               desc: str = "") -> Iterator[Any]:
-    """Apply ``fn`` to every task, in ``workers`` processes.  Yields results as
-    they complete; the first failure cancels what has not started and is
-    raised."""
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="task", leave=False)
-    try:
-        if workers <= 1 or len(tasks) <= 1:
-            for t in tasks:
-                yield fn(t)
-                bar.update()
-            return
-        with worker_pool(workers):
-            pool = _POOL
-            assert pool is not None
-            pending = {pool.submit(fn, t) for t in tasks}
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        _close_segmenters()
+
+    def map(self, fn: Callable, tasks: Sequence[Any], desc: str = "") -> Iterator[Any]:
+        """Apply ``fn`` to every task.  Yields results as they complete; the
+        first failure cancels what has not started and is raised."""
+        bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress, unit="task", leave=False)
+        try:
+            if self.workers <= 1 or len(tasks) <= 1:
+                for t in tasks:
+                    yield fn(t)
+                    bar.update()
+                return
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
+            pending = {self._pool.submit(fn, t) for t in tasks}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
@@ -90,15 +121,19 @@ def map_blocks(fn: Callable, tasks: Sequence[Any], *, workers: int = 1, progress
                         raise fut.exception()
                     yield fut.result()
                     bar.update()
-    finally:
-        bar.close()
+        finally:
+            bar.close()
+
+    def map_tasks(self, desc: str) -> Callable[[Callable, Sequence[Any]], Iterator[Any]]:
+        """``map`` as the plain ``(fn, tasks)`` function a step accepts."""
+        return lambda fn, tasks: self.map(fn, tasks, desc)
 
 
 def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
     """Order batches so that workers taking the next one in turn each sweep a
     contiguous range: a worker's consecutive batches then read the same input
-    chunks (the halos of neighbouring rows), which its chunk cache decodes
-    once.  Only the order changes, never the batches."""
+    chunks (the halos of neighbouring rows), which its open image's chunk
+    cache decodes once.  Only the order changes, never the batches."""
     if workers <= 1 or len(groups) <= workers:
         return groups
     size, extra = divmod(len(groups), workers)
@@ -111,7 +146,7 @@ def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
 
 def _segment_task(args: tuple) -> list[int]:
     plan_path, ids, runtime = args
-    return segment_blocks(plan_path, ids, skip_existing=True, **runtime)
+    return segment_blocks(plan_path, ids, skip_existing=True, segmenter=_segmenter(plan_path, runtime))
 
 
 def _pairs_task(args: tuple) -> Path:
@@ -146,100 +181,85 @@ def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable
     return [g for g in groups if not _valid_result(directory / name(g), plan, g)]
 
 
-def _batch_step(task: Callable, plan: Plan, directory: Path, name: Callable[[list[int]], str], ids: list[int],
-                batch_size: int, workers: int, progress: bool, desc: str) -> None:
+def _batch_step(scheduler: Scheduler, task: Callable, plan: Plan, directory: Path, name: Callable[[list[int]], str],
+                ids: list[int], batch_size: int, desc: str) -> None:
     """Run a per-batch step on the batches whose result file is missing."""
     pending = _pending_batches(plan, directory, ids, name, batch_size)
-    for _ in map_blocks(task, [(str(plan.plan_path), g) for g in pending], workers=workers, progress=progress,
-                        desc=desc):
+    for _ in scheduler.map(task, [(str(plan.plan_path), g) for g in pending], desc=desc):
         pass
 
 
 def _lut_reusable(plan: Plan) -> bool:
     try:
-        Lut.open(plan)
-        LabelOutput.open(plan)
+        Lut.open(plan.lut_uri, plan.hash)
+        LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash)
     except Exception:
         return False
     return True
 
 
-def run(image: str | os.PathLike, output: str | os.PathLike, *, block_shape: Any, halo: Any = None,
-        backend: str = "threshold", rule: str | None = None, min_iou: float | None = None, label_dtype: str = "auto",
-        work_dir: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
-        overwrite: bool = False, keep_work: bool = False, workers: int = 1, batch_size: int = BATCH_SIZE,
-        skip_empty: bool | None = None, stats_level: int | None = None, progress: bool = True,
-        array_path: str | None = None, level: int | None = None, channel: Any = None,
-        channel_axis: int | None = None, timepoint: int | None = None, output_format: str = "ome-zarr",
-        ngff_version: str | None = None, pyramid_levels: int | None = None, pictures: bool = True,
-        grid: bool = False, device: str | None = None, allow_cpu_fallback: bool | None = None,
-        memory_gb: float | None = None, **backend_options: Any) -> dict:
-    """Segment ``image`` block by block and stitch the labels into ``output``.
-
-    Backend options (``threshold=500``, ``sigma=1``, ``connectivity=1``,
-    ``function="pkg.mod:fn"``, ...) are passed as keyword arguments.
-    ``skip_empty`` None: empty blocks are found when segmented (no extra pass
-    over the image unless the backend scans it anyway); True marks them at
-    plan time.  Returns
-    the run summary (also written to ``<report_dir>/summary.json``).
-    """
-    with worker_pool(workers):
-        return _run(image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
-                    label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
-                    keep_work=keep_work, workers=workers, batch_size=batch_size, skip_empty=skip_empty,
-                    stats_level=stats_level, progress=progress, array_path=array_path, level=level, channel=channel,
-                    channel_axis=channel_axis, timepoint=timepoint, output_format=output_format,
-                    ngff_version=ngff_version, pyramid_levels=pyramid_levels, pictures=pictures, grid=grid,
-                    device=device, allow_cpu_fallback=allow_cpu_fallback, memory_gb=memory_gb, **backend_options)
+def run(image: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict:
+    o, backend_options = params.bind("run", options)
+    return _run(image, output, backend_options=backend_options, **o)
 
 
-def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None, min_iou: float | None,
-         label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool, workers: int,
-         batch_size: int, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
+run.__doc__ = params.document("run", """Segment ``image`` block by block and stitch the labels into ``output``.
+
+Every step runs on this machine, in ``workers`` processes; an interrupted
+run resumes where it stopped.  Options of the chosen backend
+(``threshold=500``, ``function="pkg.mod:fn"``, ``diameter=17`` ...) are
+keyword arguments like the others.  Returns the run summary (also written
+to ``<report_dir>/summary.json``).""")
+
+
+def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
+         min_iou: float | None, label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool,
+         workers: int, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
-         ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool,
-         device: str | None, allow_cpu_fallback: bool | None, memory_gb: float | None,
-         **backend_options: Any) -> dict:
+         ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool, device: str | None,
+         allow_cpu_fallback: bool | None, memory_gb: float | None, backend_options: dict,
+         batch_size: int = BATCH_SIZE) -> dict:
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    plan = plan_blocks(
-        image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
-        label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
-        # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
-        skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level, workers=workers,
-        array_path=array_path, level=level,
-        channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
-        output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels, memory_gb=memory_gb,
-        progress=progress)
-    plan_path = str(plan.plan_path)
-    timings["plan"] = time.perf_counter() - t
-    todo = plan.work_blocks()
+    with Scheduler(workers, progress) as scheduler:
+        t = time.perf_counter()
+        plan = plan_blocks(
+            image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
+            label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
+            # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
+            skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level,
+            map_tasks=scheduler.map_tasks("scan image"), array_path=array_path, level=level,
+            channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
+            output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels,
+            memory_gb=memory_gb)
+        plan_path = str(plan.plan_path)
+        timings["plan"] = time.perf_counter() - t
+        todo = plan.work_blocks()
 
-    t = time.perf_counter()
-    # rows of neighbouring blocks per task: they read the same input chunks (see io.ChunkCache)
-    row = min(max(plan.grid[-1], 4), 64)
-    runtime = {"device": device, "allow_cpu_fallback": allow_cpu_fallback}
-    groups = sweep_order(batches(todo, row), workers)
-    for _ in map_blocks(_segment_task, [(plan_path, g, runtime) for g in groups], workers=workers,
-                        progress=progress, desc="segment"):
-        pass
-    timings["segment"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # rows of neighbouring blocks per task: they read the same input chunks (see ChunkCache)
+        row = min(max(plan.grid.counts[-1], 4), 64)
+        runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
+                   if v is not None}
+        groups = sweep_order(batches(todo, row), workers)
+        for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment"):
+            pass
+        timings["segment"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _batch_step(_pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, workers, progress, "face-pairs")
-    timings["face_pairs"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _batch_step(scheduler, _pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, "face-pairs")
+        timings["face_pairs"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    if _lut_reusable(plan):
-        log.info("the lut of this plan exists: not resolving again")
-    else:
-        remove_path(plan.stats_dir)  # statistics written with an earlier lut are void
-        resolve(plan)
-    timings["resolve"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if _lut_reusable(plan):
+            log.info("the lut of this plan exists: not resolving again")
+        else:
+            remove_path(plan.stats_dir)  # statistics written with an earlier lut are void
+            resolve(plan)
+        timings["resolve"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _batch_step(_apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, workers, progress, "apply-lut")
-    timings["apply_lut"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, "apply-lut")
+        timings["apply_lut"] = time.perf_counter() - t
 
     summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
                        extra={"workers": workers, "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})

@@ -123,12 +123,10 @@ def test_normalisation_is_one_for_all_blocks(model, tmp_path):
     used = [i["lowhigh"] for i in infos if "lowhigh" in i]
     assert len(used) >= 6 and all(u == lowhigh for u in used)
     # blocks at or below the low bound are empty end to end (here: the background margin)
-    assert plan.empty_blocks and all(plan.core(b)[1].start >= 192 for b in plan.empty_blocks)
+    assert plan.empty_blocks and all(plan.grid.core(b)[1].start >= 192 for b in plan.empty_blocks)
 
 
 def test_model_loaded_once_per_task(model, tmp_path, monkeypatch):
-    from pystitch import segment
-
     made = []
     real_init = CellposeSegmenter.__init__
 
@@ -137,7 +135,6 @@ def test_model_loaded_once_per_task(model, tmp_path, monkeypatch):
         real_init(self, *a, **k)
 
     monkeypatch.setattr(CellposeSegmenter, "__init__", counting_init)
-    monkeypatch.setattr(segment, "_OPEN", {})
     img, _ = tiny.synthetic_blobs((128, 128), seed=6)
     path = save(tmp_path / "img.zarr", (img * 1000).astype(np.uint16))
     plan = pystitch.plan_blocks(path, tmp_path / "o.zarr", block_shape=64, backend="cellpose",

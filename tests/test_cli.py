@@ -63,14 +63,49 @@ def test_cli_chain_equals_run(tmp_path):
         (tmp_path / "run_report" / "regions.csv").read_bytes()
 
 
-@pytest.mark.parametrize("cmd", STEPS + ["pystitch"])
-def test_help(cmd):
-    res = sh(cmd, "--help")
-    assert res.returncode == 0
-    text = res.stdout + res.stderr
-    assert "NAME" in text and ("FLAGS" in text or "COMMANDS" in text)
+@pytest.mark.parametrize("cmd", STEPS + ["pystitch", "pystitch run", "pystitch finalize"])
+def test_help_goes_to_stdout_and_lists_kebab_case_options(cmd):
+    res = sh(*cmd.split(), "--help")
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.startswith("usage: ")
+    assert "_" not in "".join(w for w in res.stdout.split() if w.startswith("--"))   # kebab-case flags only
     if cmd == "segment-block":
-        assert "--blocks" in text and "manifest" in text.lower()
+        assert "--blocks IDS" in res.stdout and "manifest" in res.stdout.lower()
+    if cmd in ("plan-blocks", "pystitch run"):
+        # block shape is a flag, and each backend's own options are listed
+        assert "--block-shape" in res.stdout and "BLOCK_SHAPE" not in res.stdout.split("options")[0]
+        for flag in ("--threshold", "--sigma", "--function", "--kwargs", "--diameter", "--pretrained-model"):
+            assert flag in res.stdout, flag
+
+
+def test_no_generated_short_flags(tmp_path):
+    """-h is help (never --halo), -q quiet, -v verbose; nothing else is a short flag."""
+    assert sh("plan-blocks", "-h").stdout.startswith("usage: plan-blocks")
+    res = sh("plan-blocks", "img.zarr", "out.zarr", "-b", "8", check=False)
+    assert res.returncode == 2 and "-b" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("typo,suggestion", [("--worker", "--workers"), ("--block-shap", "--block-shape"),
+                                             ("--thresold", "--threshold"), ("--halo_size", "--halo")])
+def test_misspelt_flag_names_itself_and_suggests(tmp_path, typo, suggestion):
+    res = sh("pystitch", "run", tmp_path / "img.zarr", tmp_path / "out.zarr", "--block-shape", "8", typo, "2",
+             check=False)
+    assert res.returncode == 2
+    assert typo.replace("_", "-") in res.stderr and f"Did you mean {suggestion}?" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_flag_spellings(tmp_path):
+    """snake_case flags, and on/off flags with or without a value, mean the same."""
+    img = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    for i, extra in enumerate([["--skip_empty", "false"], ["--skip-empty=false"], ["--no-skip-empty"]]):
+        plan = sh("plan-blocks", img, tmp_path / f"o{i}.zarr", "--block_shape", "8", "--halo", "1",
+                  "--threshold", "500", *extra).stdout.strip()
+        assert json.loads(Path(plan).read_text())["empty_blocks"] == []
+    res = sh("plan-blocks", img, tmp_path / "o9.zarr", "--block-shape", "8", "--halo", "1", "--threshold", "500",
+             "--skip-empty", "maybe", check=False)
+    assert res.returncode == 2 and "maybe" in res.stderr
 
 
 def test_version():

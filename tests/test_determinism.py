@@ -12,8 +12,8 @@ import pystitch
 from helpers import load, run_steps, save
 from pystitch.example import blobs
 from pystitch.plan import Plan
-from pystitch.resolve import Lut
-from pystitch.storage import atomic_write_npz
+from pystitch.storage.lut import Lut
+from pystitch.storage.files import atomic_write_npz
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -42,7 +42,7 @@ def test_pair_order_does_not_change_the_lut(tmp_path):
     path = save(tmp_path / "img.zarr", image)
     run_steps(path, tmp_path / "out.zarr", block_shape=(8, 16, 16), halo=(1, 2, 2), threshold=500, connectivity=1)
     plan = Plan.load(tmp_path / "out.work")
-    lut_before = Lut.open(plan).lut[:]
+    lut_before = Lut.open(plan.lut_uri, plan.hash).lut[:]
     rng = np.random.default_rng(0)
     files = sorted(plan.pairs_dir.glob("*.npz"))
     all_rows = []
@@ -63,7 +63,7 @@ def test_pair_order_does_not_change_the_lut(tmp_path):
         atomic_write_npz(plan.pairs_dir / f"pairs-shuffled-{i}.npz",
                          {"pairs": part, "blocks": bl, "plan_hash": np.asarray(plan.hash)})
     pystitch.resolve(plan)
-    np.testing.assert_array_equal(Lut.open(plan).lut[:], lut_before)
+    np.testing.assert_array_equal(Lut.open(plan.lut_uri, plan.hash).lut[:], lut_before)
 
 
 def test_one_or_two_workers_give_identical_bytes(tmp_path):

@@ -71,17 +71,17 @@ RUN_TABLE = [
      InputError, "Expected an image of bool, integer or float values. Got dtype complex64"),
     ("block not positive", lambda t, i: i, {"block_shape": (8, 0, 16)}, InputError, "Expected block_shape >= 1"),
     ("block wrong length", lambda t, i: i, {"block_shape": (8, 16)}, InputError, "one integer or 3"),
-    ("block not integer", lambda t, i: i, {"block_shape": "8,a,8"}, InputError, "Expected integers for block_shape"),
+    ("block not integer", lambda t, i: i, {"block_shape": "8,a,8"}, InputError, "Expected --block-shape as one integer or one per axis"),
     ("halo >= block", lambda t, i: i, {"halo": (1, 16, 2)}, InputError, "Expected halo < block"),
     ("halo 0 on a split axis", lambda t, i: i, {"halo": (1, 0, 2)}, InputError, "Expected a halo >= 1 on axis y"),
     ("negative halo", lambda t, i: i, {"halo": (1, -1, 2)}, InputError, "Expected halo >= 0"),
-    ("unknown backend", lambda t, i: i, {"backend": "magic"}, InputError, "Expected a backend among"),
-    ("unknown option", lambda t, i: i, {"thresold": 3}, InputError, "Unknown option(s) for backend 'threshold': --thresold"),
+    ("unknown backend", lambda t, i: i, {"backend": "magic"}, InputError, "Expected --backend among threshold, callable, cellpose. Got 'magic'"),
+    ("unknown option", lambda t, i: i, {"thresold": 3}, InputError, "Unknown option 'thresold' for run. Did you mean 'threshold'?"),
     ("bad threshold", lambda t, i: i, {"threshold": "high"}, InputError, "Expected --threshold to be a number or 'otsu'"),
     ("bad connectivity", lambda t, i: i, {"connectivity": 4}, InputError, "Expected --connectivity between 1 and 3"),
-    ("bad rule", lambda t, i: i, {"rule": "glue"}, InputError, "Expected a stitch rule among exact, match"),
+    ("bad rule", lambda t, i: i, {"rule": "glue"}, InputError, "Expected --rule among exact, match, none. Got 'glue'"),
     ("bad min_iou", lambda t, i: i, {"min_iou": 0}, InputError, "Expected min_iou in (0, 1]"),
-    ("bad label dtype", lambda t, i: i, {"label_dtype": "int8"}, InputError, "Expected label_dtype among"),
+    ("bad label dtype", lambda t, i: i, {"label_dtype": "int8"}, InputError, "Expected --label-dtype among auto, uint16, uint32, uint64. Got 'int8'"),
     ("function not importable", lambda t, i: i, {"backend": "callable", "function": "no_such_mod:f", "threshold": None},
      InputError, "Could not import the segmenter 'no_such_mod:f'"),
     ("function missing", lambda t, i: i, {"backend": "callable", "function": f"{SEG}:nope", "threshold": None},
@@ -213,7 +213,7 @@ def test_corrupt_staging_is_detected(steps):
     pystitch.resolve(steps)
     # a manifest that undercounts the labels its staging chunk holds
     core = zarr.open_group(steps.staging_uri, mode="r+")["core"]
-    sl = steps.core(0)
+    sl = steps.grid.core(0)
     data = core[sl]
     data[data > 0] = data.max() + 5
     core[sl] = data

@@ -13,7 +13,7 @@ import pystitch
 from helpers import assert_partition_equivalent, load
 from pystitch.errors import InputError
 from pystitch.example import blobs, write_example
-from pystitch.io import ImageSpec, open_image
+from pystitch.storage.images import ImageSpec, open_image
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,7 @@ def test_chunk_cache_reads_what_zarr_reads(tmp_path, volume, capacity_mb, monkey
     """Regions read through the decoded-chunk cache equal direct reads, with a
     cache that is off, too small for one request, or large; also with a
     channel axis and a time axis indexed by integers."""
-    from pystitch import io
-
-    monkeypatch.setattr(io, "CHUNK_CACHE", io.ChunkCache(int(capacity_mb * 2 ** 20)))
+    monkeypatch.setenv("PYSTITCH_READ_CACHE_MB", str(capacity_mb))
     data = np.stack([volume, volume + 1])[None]                      # t c z y x
     path = _ome_zarr(tmp_path / "img.zarr", data, "tczyx", [1, 1, 1, 1, 1], levels=1)
     root = zarr.open_group(path, mode="r+")

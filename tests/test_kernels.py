@@ -10,9 +10,9 @@ from hypothesis.extra import numpy as hnp
 
 from pystitch import reference
 from pystitch.errors import InputError
-from pystitch.faces import contingency
-from pystitch.relabel import apply_lut_array, block_regions
-from pystitch.resolve import final_lut, union_find
+from pystitch._core import apply_lut_array, contingency, union_find
+from pystitch.steps.apply_lut import block_regions
+from pystitch.steps.resolve import final_lut
 
 UINTS = [np.uint8, np.uint16, np.uint32, np.uint64]
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,14 +213,14 @@ def test_lut_slices_across_chunks(tmp_path):
     """apply-lut reads its blocks' slices through a small chunk cache."""
     import zarr
 
-    from pystitch.resolve import Lut
+    from pystitch.storage.lut import Lut
 
     values = np.arange(1000, dtype=np.uint32) * 3
     group = zarr.open_group(str(tmp_path / "lut.zarr"), mode="w")
     group.create_array("lut", shape=values.shape, chunks=(7,), dtype=values.dtype)[:] = values
     group.create_array("offsets", shape=(2,), dtype=np.uint64)[:] = [0, 999]
     group.attrs.update(dtype="uint32", plan_hash="x", n_objects=999)
-    lut = Lut(plan=None, group=group, uri=str(tmp_path / "lut.zarr"))
+    lut = Lut(group=group, uri=str(tmp_path / "lut.zarr"))
     rng = np.random.default_rng(0)
     for _ in range(200):
         a = int(rng.integers(0, 1000))
@@ -233,7 +233,7 @@ def test_lut_slices_across_chunks(tmp_path):
 def test_match_is_one_to_one_and_symmetric(data):
     """The match rule pairs each object with at most one object of the
     neighbour, and gives the same pairs whichever block is called a."""
-    from pystitch.faces import contingency, match_pairs, pair_iou
+    from pystitch.steps.face_pairs import match_pairs, pair_iou
 
     shape = data.draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=10))
     a = data.draw(hnp.arrays(np.uint32, shape, elements=st.integers(0, 6)))

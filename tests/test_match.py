@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from helpers import load, run_steps, save
 from pystitch.plan import Plan
-from pystitch.resolve import Lut
+from pystitch.storage.lut import Lut
 from segmenters import border_dilating
 
 
@@ -43,16 +43,16 @@ def stitch_errors(work_dir, truth: np.ndarray, segmenter, min_voxels: int = 10) 
     least ``min_voxels`` core voxels) got different final ids.
     """
     plan = Plan.load(work_dir)
-    lut = Lut.open(plan)
+    lut = Lut.open(plan.lut_uri, plan.hash)
     name: dict[tuple[int, int], int] = {}
     final: dict[int, set] = {}
     for b in range(plan.n_blocks):
         offset, n = lut.block_range(b)
         if n == 0:
             continue
-        ext = plan.extended(b)
+        ext = plan.grid.extended(b)
         pred = segmenter(truth[ext])
-        core = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(plan.core(b), ext))
+        core = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(plan.grid.core(b), ext))
         cells, sizes = np.unique(pred[core], return_counts=True)
         sizes = sizes[cells > 0]
         cells = cells[cells > 0]

@@ -14,9 +14,9 @@ from scipy import ndimage
 import pystitch
 from helpers import load, save
 from pystitch.example import blobs, write_example
-from pystitch.output import pyramid_factors
-from pystitch.regions import read_csv_table
-from pystitch.report import trace_timings
+from pystitch.storage.labels import pyramid_factors
+from pystitch.report.regions import read_csv_table
+from pystitch.report.summary import trace_timings
 
 
 def _reader_nodes(path):

@@ -65,10 +65,10 @@ def test_merge_api_with_own_labels(tmp_path):
     from pystitch.plan import Plan
     plan = Plan(image=None, shape=shape, dtype="uint32", axes="yx", block_shape=(20, 25), halo=(3, 3),
                 backend={"name": "provided"}, rule="match", work_dir=str(tmp_path / "w"), output="", report_dir="")
-    mapping = {b: labels_of(b, plan.extended(b)) for b in range(plan.n_blocks) if b != 0}
+    mapping = {b: labels_of(b, plan.grid.extended(b)) for b in range(plan.n_blocks) if b != 0}
     pystitch.merge(mapping, tmp_path / "m2.zarr", shape=shape, block_shape=(20, 25), halo=(3, 3))
     m2 = load(tmp_path / "m2.zarr")
-    assert (m2[plan.core(0)] == 0).all() and (m2[plan.core(1)] > 0).any()
+    assert (m2[plan.grid.core(0)] == 0).all() and (m2[plan.grid.core(1)] > 0).any()
 
 
 def test_otsu_threshold_is_global(tmp_path):
@@ -83,7 +83,7 @@ def test_otsu_threshold_is_global(tmp_path):
 
 
 def test_resume_reuses_the_plan_without_rescanning(tmp_path, monkeypatch):
-    import pystitch.plan as plan_mod
+    import pystitch.steps.plan_blocks as plan_mod
 
     path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
     kw = dict(block_shape=(8, 16, 16), halo=(1, 2, 2), backend_options={"threshold": "otsu"})

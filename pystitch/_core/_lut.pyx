@@ -28,7 +28,7 @@ def apply_lut_flat(const label_t[::1] labels, const value_t[::1] lut, value_t[::
 
     Returns -1 on success, otherwise the index of the first label that is
     outside the table; ``out`` is then only partly written.  Validation of
-    shapes and dtypes is the caller's job (see ``pystitch.relabel``).
+    shapes and dtypes is the caller's job (see ``pystitch._core.apply_lut_array``).
     """
     cdef Py_ssize_t n = labels.shape[0]
     cdef uint64_t size = <uint64_t>lut.shape[0]

@@ -14,6 +14,6 @@ from .base import Backend, SegmentationContext, get_backend, make_backend, regis
 
 # importing the modules registers the backends
 from . import threshold as _threshold  # noqa: F401,E402
-from . import callable as _callable  # noqa: F401,E402
+from . import function as _function  # noqa: F401,E402
 
 __all__ = ["Backend", "SegmentationContext", "get_backend", "make_backend", "register"]

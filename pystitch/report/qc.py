@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .output import level_shape
+from ..plan import Plan
+from ..storage.labels import level_shape
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,24 @@ def plane_breaks(p: np.ndarray, q: np.ndarray) -> tuple[int, int]:
     return breaks, objects
 
 
-def seam_faces(plan: Any, counts: np.ndarray) -> list[tuple[int, int, int]]:
+def seam_faces(plan: Plan, counts: np.ndarray) -> list[tuple[int, int, int]]:
     """Faces (block, neighbour, axis) between two non-empty blocks."""
     faces = []
     for a in range(plan.n_blocks):
         if counts[a] == 0:
             continue
-        idx = plan.block_index(a)
-        for axis in plan.split_axes():
-            if idx[axis] + 1 < plan.grid[axis]:
+        idx = plan.grid.index(a)
+        for axis in plan.grid.split_axes():
+            if idx[axis] + 1 < plan.grid.counts[axis]:
                 nidx = list(idx)
                 nidx[axis] += 1
-                b = plan.block_id(nidx)
+                b = plan.grid.id(nidx)
                 if counts[b] > 0:
                     faces.append((a, b, axis))
     return faces
 
 
-def seam_qc(plan: Any, labels: Any, counts: np.ndarray, max_faces: int | None = 256) -> dict:
+def seam_qc(plan: Plan, labels: Any, counts: np.ndarray, max_faces: int | None = 256) -> dict:
     """Break rates at seams and at control planes inside blocks.
 
     ``labels`` is the level-0 output array; ``counts`` the objects per block
@@ -87,9 +88,9 @@ def seam_qc(plan: Any, labels: Any, counts: np.ndarray, max_faces: int | None = 
         if block not in cache:
             if len(cache) >= 64:
                 cache.pop(next(iter(cache)))
-            core = labels[plan.core(block)]
+            core = labels[plan.grid.core(block)]
             kept = {}
-            for axis in plan.split_axes():
+            for axis in plan.grid.split_axes():
                 n = core.shape[axis]
                 for pos in {0, n - 1, n // 2 - 1, n // 2} - {-1}:
                     kept[axis, pos] = np.take(core, pos, axis=axis)
@@ -189,7 +190,7 @@ def render(image2d: np.ndarray | None, labels2d: np.ndarray, lines: Sequence[tup
     return rgb.repeat(int(scale[0]), axis=0).repeat(int(scale[1]), axis=1)
 
 
-def _display_scale(plan: Any, axes: Sequence[int], shape: Sequence[int], target: int) -> tuple[int, int]:
+def _display_scale(plan: Plan, axes: Sequence[int], shape: Sequence[int], target: int) -> tuple[int, int]:
     """Pixel repeats so that voxels look square (anisotropy) and the picture
     is about ``target`` pixels on its longer side."""
     voxel = plan.voxel_size or (1.0,) * plan.ndim
@@ -206,20 +207,20 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def _picture_level(plan: Any) -> int:
+def _picture_level(plan: Plan) -> int:
     for k, factor in enumerate(plan.pyramid):
         if max(level_shape(plan.shape, factor)) <= PICTURE_MAX_SIDE:
             return k
     return len(plan.pyramid) - 1
 
 
-def _image_at(plan: Any, source: Any, factor: Sequence[int]) -> np.ndarray | None:
+def _image_at(plan: Plan, source: Any, factor: Sequence[int]) -> np.ndarray | None:
     """The image subsampled like a pyramid level, read block by block."""
     if source is None or math.prod(plan.shape) > PICTURE_IMAGE_VOXELS:
         return None
     out = np.zeros(level_shape(plan.shape, factor), np.float32)
     for b in range(plan.n_blocks):
-        core = plan.core(b)
+        core = plan.grid.core(b)
         data = source.read(core)
         if data.ndim > plan.ndim:  # several channels: show the first
             data = data[0]
@@ -228,7 +229,7 @@ def _image_at(plan: Any, source: Any, factor: Sequence[int]) -> np.ndarray | Non
     return out
 
 
-def pictures(plan: Any, source: Any, labels_levels: Sequence[Any], out_dir: Path, seams: Sequence[dict],
+def pictures(plan: Plan, source: Any, labels_levels: Sequence[Any], out_dir: Path, seams: Sequence[dict],
              grid: bool = False, n_crops: int = 4, crop_half: int = 64) -> list[dict]:
     """Write the QC pictures into ``out_dir``; returns ``[{file, caption}]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,12 +267,12 @@ def pictures(plan: Any, source: Any, labels_levels: Sequence[Any], out_dir: Path
     return made
 
 
-def seam_crops(plan: Any, source: Any, labels: Any, out_dir: Path, faces: Sequence[dict], half: int) -> list[dict]:
+def seam_crops(plan: Plan, source: Any, labels: Any, out_dir: Path, faces: Sequence[dict], half: int) -> list[dict]:
     """Full-resolution crops centred on seams (seam in red)."""
     made = []
     for i, face in enumerate(faces):
         a, axis = face["block"], plan.axes.index(face["axis"])
-        core = plan.core(a)
+        core = plan.grid.core(a)
         seam = core[axis].stop
         other = max((ax for ax in range(plan.ndim) if ax != axis), key=lambda ax: plan.shape[ax])
         region = []

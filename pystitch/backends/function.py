@@ -1,4 +1,4 @@
-"""Any segmenter as a Python function: ``module:function`` or ``file.py:function``.
+"""The ``callable`` backend: any segmenter as a Python function, ``module:function`` or ``file.py:function``.
 
 The function receives the block's image data (core + halo; channel-first
 when several channels are selected) and must return integer labels of the

@@ -33,28 +33,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._core._contingency import contingency_flat
-from .errors import InputError
-from .plan import Plan, parse_block_ids
-from .staging import Staging, block_label_count, read_manifests, require_manifests
-from .storage import atomic_write_npz
+from .._core import contingency
+from ..errors import InputError
+from ..grid import BlockGrid, SlabKey, parse_block_ids
+from ..manifests import block_label_count, read_manifests, require_manifests
+from ..plan import Plan
+from ..storage.files import atomic_write_npz
+from ..storage.staging import Staging
 
 log = logging.getLogger(__name__)
-
-
-def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts of every (non-zero label in ``a``, non-zero label in ``b``)
-    pair over the same voxels, sorted.  Validating wrapper of the kernel."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise InputError(f"Expected two label arrays of one shape. Got {a.shape} and {b.shape} instead.")
-    for x in (a, b):
-        if x.dtype.kind not in "ui" or (x.dtype.kind == "i" and x.size and x.min() < 0) or \
-                (x.size and int(x.max()) > np.iinfo(np.uint32).max):
-            raise InputError(f"Expected non-negative labels that fit in uint32. Got dtype {x.dtype}.")
-    a32 = np.ascontiguousarray(a, dtype=np.uint32).reshape(-1)
-    b32 = np.ascontiguousarray(b, dtype=np.uint32).reshape(-1)
-    return contingency_flat(a32, b32)
 
 
 def pair_iou(la: np.ndarray, lb: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,15 +68,6 @@ def match_pairs(la: np.ndarray, lb: np.ndarray, iou: np.ndarray, min_iou: float)
     best_b = np.zeros(len(la), bool)
     best_b[first_b] = True
     return best_a & best_b & (iou >= min_iou)
-
-
-def _overlap(plan: Plan, a: int, b: int) -> tuple[slice, ...]:
-    """Global region where the frames of blocks ``a`` and ``b`` overlap inside the image."""
-    fa, fb, shape = plan.frame_origin(a), plan.frame_origin(b), plan.frame_shape
-    return tuple(slice(max(x, y, 0), min(x + s, y + s, n)) for x, y, s, n in zip(fa, fb, shape, plan.shape))
-
-
-SlabKey = tuple[int, int, str]  # (block, axis, side)
 
 
 class _SlabCache:
@@ -123,37 +101,44 @@ class _SlabCache:
         self.cache = {k: v for k, v in self.cache.items() if k[0] > block}
 
 
-def slab_keys(a: int, b: int, delta: tuple[int, ...]) -> tuple[SlabKey, SlabKey]:
-    """The slabs two neighbours compare (``b`` lies at ``delta`` from ``a``):
-    across the first axis on which they differ, each on its facing side."""
-    axis = next(i for i, d in enumerate(delta) if d)
-    side_a, side_b = ("hi", "lo") if delta[axis] > 0 else ("lo", "hi")
-    return (a, axis, side_a), (b, axis, side_b)
-
-
-def pair_blocks(plan: Plan, slabs: _SlabCache, a: int, b: int, delta: tuple[int, ...], n_a: int, n_b: int
+def pair_labels(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int, rule: str, min_iou: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Joined (local_a, local_b) pairs of two neighbouring blocks with their
-    overlap counts and IoU."""
-    region = _overlap(plan, a, b)
-    views = []
-    for block, axis, side in slab_keys(a, b, delta):
-        origin = plan.slab_origin(block, axis, side)
-        local = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, origin))
-        views.append(slabs.get(block, axis, side)[local])
-    la, lb, count = contingency(views[0], views[1])
-    if plan.rule == "none":  # no stitching: every block keeps its own ids (for inspection and QC controls)
+    """The pure core: joined ``(label_a, label_b)`` pairs of two predictions of
+    the SAME voxels, with their overlap counts and IoU.
+
+    ``a`` and ``b`` hold local ids; ids above ``n_a`` (``n_b``) are objects
+    seen only in that block's halo: they compete for matches but are never
+    joined (only objects present in a core have ids).
+
+    >>> a = np.array([[1, 1, 0], [2, 2, 0]], np.uint32)
+    >>> b = np.array([[3, 3, 0], [3, 4, 4]], np.uint32)
+    >>> la, lb, count, iou = pair_labels(a, b, 2, 4, "match", 0.2)
+    >>> la.tolist(), lb.tolist(), count.tolist()
+    ([1, 2], [3, 4], [2, 1])
+    """
+    la, lb, count = contingency(a, b)
+    if rule == "none":  # no stitching: every block keeps its own ids (for inspection and QC controls)
         keep = np.zeros(len(la), bool)
         iou = np.zeros(len(la), np.float32)
-    elif plan.rule == "exact":
+    elif rule == "exact":
         keep = np.ones(len(la), bool)
         iou = np.ones(len(la), np.float32)
     else:
-        iou64 = pair_iou(la, lb, count, views[0], views[1])
-        keep = match_pairs(la, lb, iou64, plan.min_iou)
+        iou64 = pair_iou(la, lb, count, a, b)
+        keep = match_pairs(la, lb, iou64, min_iou)
         iou = iou64.astype(np.float32)
-    keep &= (la <= n_a) & (lb <= n_b)  # only objects present in a core have ids
+    keep &= (la <= n_a) & (lb <= n_b)
     return la[keep], lb[keep], count[keep], iou[keep]
+
+
+def pair_blocks(plan: Plan, slabs: "_SlabCache", a: int, b: int, delta: tuple[int, ...], n_a: int, n_b: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Joined (local_a, local_b) pairs of two neighbouring blocks with their
+    overlap counts and IoU."""
+    grid = plan.grid
+    region = grid.overlap(a, b)
+    views = [slabs.get(*key)[grid.overlap_in_slab(key, region)] for key in grid.slab_keys(a, b, delta)]
+    return pair_labels(views[0], views[1], n_a, n_b, plan.rule, plan.min_iou)
 
 
 def pairs_name(ids: list[int]) -> str:
@@ -171,18 +156,19 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
     mans = read_manifests(plan, manifests)
     needed = set(ids)
     for a in ids:
-        needed.update(nb for nb, _ in plan.neighbours(a, forward_only=True))
+        needed.update(nb for nb, _ in plan.grid.neighbours(a, forward_only=True))
     require_manifests(plan, mans, sorted(needed), "face-pairs")
-    staging = Staging(plan)
+    staging = Staging(plan.staging_uri, plan.grid, plan.hash)
     slabs = _SlabCache(staging)
     out_rows, out_count, out_iou = [], [], []
     for a in ids:
         n_a = block_label_count(plan, mans, a)
         if n_a == 0:
             continue
-        todo = [(b, delta, block_label_count(plan, mans, b)) for b, delta in plan.neighbours(a, forward_only=True)]
+        todo = [(b, delta, block_label_count(plan, mans, b))
+                for b, delta in plan.grid.neighbours(a, forward_only=True)]
         todo = [t for t in todo if t[2]]
-        slabs.prefetch(key for b, delta, _ in todo for key in slab_keys(a, b, delta))
+        slabs.prefetch(key for b, delta, _ in todo for key in BlockGrid.slab_keys(a, b, delta))
         for b, delta, n_b in todo:
             la, lb, count, iou = pair_blocks(plan, slabs, a, b, delta, n_a, n_b)
             rows = np.empty((len(la), 4), np.uint64)

@@ -17,34 +17,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backends import Backend, SegmentationContext
-from .errors import InputError, LabelOverflowError, SegmenterError
-from .io import open_image
-from .plan import Plan, parse_block_ids
-from .relabel import apply_lut_array
-from .staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging, local_manifest_valid, write_manifest
+from .._core import apply_lut_array
+from ..backends import Backend, SegmentationContext
+from ..errors import InputError, LabelOverflowError, SegmenterError
+from ..grid import parse_block_ids
+from ..manifests import local_manifest_valid, write_manifest
+from ..plan import Plan
+from ..storage.images import ImageSource, open_image
+from ..storage.staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging
 
 log = logging.getLogger(__name__)
-
-# one opened backend per process and plan: a task (or a worker of the local
-# runner) loads a model once, not once per block
-_OPEN: dict[tuple, Backend] = {}
-
-
-def open_backend(plan: Plan, **runtime: Any) -> Backend:
-    """The plan's backend, opened once per process for these ``runtime``
-    settings (e.g. ``device``: where to run is a property of the task, not of
-    the plan, so it is not part of the plan hash)."""
-    key = (plan.hash, tuple(sorted(runtime.items())))
-    be = _OPEN.get(key)
-    if be is None:
-        for old in _OPEN.values():
-            old.close()
-        _OPEN.clear()
-        ctx = SegmentationContext(block=-1, ndim=plan.ndim, voxel_size=plan.voxel_size)
-        be = plan.make_backend().open(ctx, **runtime)
-        _OPEN[key] = be
-    return be
 
 
 def check_labels(labels: Any, shape: Sequence[int], where: str) -> np.ndarray:
@@ -119,54 +101,95 @@ def store_labels(plan: Plan, staging: Staging, block: int, labels: Any, manifest
                  **fields: Any) -> dict:
     """Check and renumber a block's labels (over its core + halo), write them to
     the staging store, then write the manifest LAST."""
-    where = plan.block_description(block)
-    ext = plan.extended(block)
+    grid = plan.grid
+    where = grid.describe(block)
+    ext = grid.extended(block)
     labels = check_labels(labels, [e.stop - e.start for e in ext], where)
-    core_in_ext = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(plan.core(block), ext))
+    core_in_ext = grid.within(grid.core(block), ext)
     local, n, m = renumber_local(labels, core_in_ext, where)
-    staging.write_block(block, local, ext)
+    staging.write_pieces(block, staging.block_pieces(block, local, ext))
     fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0,
                   foreground_voxels=int(np.count_nonzero(local[core_in_ext])))
     write_manifest(manifest_dir, plan, block, **fields)
     return fields
 
 
-def segment_one(plan: Plan, backend: Backend, staging: Staging, source: Any, block: int,
-                manifest_dir: str | os.PathLike) -> dict:
-    t0 = time.perf_counter()
-    fields: dict[str, Any] = {"backend": backend.info()}
-    if block in plan.empty_set:
-        fields.update(n_labels=0, n_halo_labels=0, empty=True, foreground_voxels=0, seconds=0.0)
-        write_manifest(manifest_dir, plan, block, **fields)
+class BlockSegmenter:
+    """What segmenting blocks of one plan needs, opened once: the backend
+    (a model is loaded once, not once per block), the image (its decoded
+    chunks are shared by neighbouring blocks) and the staging store.
+
+    ``runtime`` settings (e.g. ``device``) go to the backend: where to run is
+    a property of the task, not of the plan, so they are not in the plan hash.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, plan: Plan, **runtime: Any) -> None:
+        if plan.image is None:
+            raise InputError("This plan has no image: its labels are provided by the caller (pystitch.merge).")
+        self.plan = plan
+        self.runtime = {k: v for k, v in runtime.items() if v is not None}
+        ctx = SegmentationContext(block=-1, ndim=plan.ndim, voxel_size=plan.voxel_size)
+        self.backend: Backend = plan.make_backend().open(ctx, **self.runtime)
+        self.source: ImageSource | None = None
+        self.staging: Staging | None = None
+        try:
+            self.source = open_image(plan.image)
+            self.staging = Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "BlockSegmenter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+    def segment(self, block: int, manifest_dir: str | os.PathLike) -> dict:
+        """Segment one block, store its labels, write its manifest; returns the manifest fields."""
+        plan, backend, grid = self.plan, self.backend, self.plan.grid
+        assert self.source is not None and self.staging is not None
+        t0 = time.perf_counter()
+        fields: dict[str, Any] = {"backend": backend.info()}
+        if block in plan.empty_set:
+            fields.update(n_labels=0, n_halo_labels=0, empty=True, foreground_voxels=0, seconds=0.0)
+            write_manifest(manifest_dir, plan, block, **fields)
+            return fields
+        ctx = SegmentationContext(block=block, ndim=plan.ndim, voxel_size=plan.voxel_size)
+        region = grid.extended(block, backend.context(plan.ndim))
+        ext = grid.extended(block)
+        crop = grid.within(ext, region)
+        data = self.source.read(region)
+        below = backend.empty_below()
+        if below is not None and (data.size == 0 or float(data.max()) <= below):
+            fields.update(n_labels=0, n_halo_labels=0, empty=True, foreground_voxels=0,
+                          seconds=round(time.perf_counter() - t0, 4))
+            write_manifest(manifest_dir, plan, block, **fields)
+        else:
+            labels = backend.segment(data, crop, ctx)
+            fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
+            fields = store_labels(plan, self.staging, block, labels, manifest_dir, **fields)
+        log.info("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", grid.describe(block),
+                 fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
         return fields
-    ctx = SegmentationContext(block=block, ndim=plan.ndim, voxel_size=plan.voxel_size)
-    margin = backend.context(plan.ndim)
-    region = plan.extended(block, margin)
-    ext = plan.extended(block)
-    crop = tuple(slice(e.start - r.start, e.stop - r.start) for e, r in zip(ext, region))
-    data = source.read(region)
-    below = backend.empty_below()
-    if below is not None and (data.size == 0 or float(data.max()) <= below):
-        fields.update(n_labels=0, n_halo_labels=0, empty=True, foreground_voxels=0,
-                      seconds=round(time.perf_counter() - t0, 4))
-        write_manifest(manifest_dir, plan, block, **fields)
-    else:
-        labels = backend.segment(data, crop, ctx)
-        fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
-        fields = store_labels(plan, staging, block, labels, manifest_dir, **fields)
-    log.info("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", plan.block_description(block),
-             fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
-    return fields
 
 
 def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir: str | os.PathLike | None = None,
-                   skip_existing: bool = False, **runtime: Any) -> list[int]:
+                   skip_existing: bool = False, segmenter: BlockSegmenter | None = None, **runtime: Any) -> list[int]:
     """Segment ``blocks`` of ``plan``; returns the ids that were processed.
 
     Manifests go to ``manifest_dir`` (default: the plan's work dir).  With
     ``skip_existing``, blocks that already have a valid manifest are skipped.
-    ``runtime`` settings (``device="cuda"``, ``allow_cpu_fallback=True``) go to
-    the backend and do not change the plan.
+    ``segmenter``: an open :class:`BlockSegmenter` of this plan to reuse (a
+    scheduler keeps one per worker); otherwise one is opened for this call
+    with the ``runtime`` settings (``device="cuda"``, ``allow_cpu_fallback=True``).
     """
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ids = parse_block_ids(blocks, plan.n_blocks)
@@ -178,12 +201,11 @@ def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir:
         ids = [b for b in ids if not local_manifest_valid(plan, mdir, b)]
     if not ids:
         return []
-    staging = Staging(plan, mode="r+")
-    backend = open_backend(plan, **{k: v for k, v in runtime.items() if v is not None})
-    source = open_image(plan.image)
+    seg = segmenter if segmenter is not None else BlockSegmenter(plan, **runtime)
     try:
         for b in ids:
-            segment_one(plan, backend, staging, source, b, mdir)
+            seg.segment(b, mdir)
     finally:
-        source.close()
+        if segmenter is None:
+            seg.close()
     return ids

@@ -1,4 +1,5 @@
-"""Small files between steps: atomic writes and validating reads.
+"""Small files between steps (plan, manifests, pairs, statistics): atomic
+writes and validating reads.
 
 Every file a step produces is written to a temporary name in the same
 directory and renamed into place, so a killed task leaves either the whole
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import PlanMismatchError, StagingError
+from ..errors import PlanMismatchError, StagingError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -10,53 +10,37 @@ in.  Final ids are sequential ``1..N`` in that order.
 Memory follows the number of ids that occur in pairs (objects crossing
 seams), not the number of objects: the lut is computed and written in chunks.
 
-The lut store ``lut.zarr`` holds ``lut`` (provisional id -> final id, entry 0
-is background), ``offsets`` (n_blocks + 1) and the run summary; it is
-written under a temporary name and renamed, so it exists only when complete.
+The pure core is :func:`final_lut` (ids from counts and pairs); the step
+around it reads manifests and pairs files and writes the lut store
+(:mod:`pystitch.storage.lut`) and creates the output array, whose dtype only
+the number of objects decides.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import zarr
 
-from ._core._unionfind import union_find_dense, union_find_min
-from ._version import __version__
-from .errors import InputError, LabelOverflowError, StagingError
-from .output import LabelOutput
-from .plan import Plan
-from .staging import block_label_count, read_manifests, require_manifests
-from .storage import atomic_write_json, check_plan_hash, read_npz, remove_path, step_files
+from .._core import union_find, union_find_dense
+from .._version import __version__
+from ..errors import InputError, LabelOverflowError, StagingError
+from ..manifests import block_label_count, read_manifests, require_manifests
+from ..plan import Plan
+from ..storage.files import atomic_write_json, check_plan_hash, read_npz, step_files
+from ..storage.labels import LabelOutput
+from ..storage.lut import LUT_CHUNK, Lut, write_lut
 
 log = logging.getLogger(__name__)
 
 #: the largest id each output dtype can hold
 DTYPE_LIMITS = {name: int(np.iinfo(name).max) for name in ("uint16", "uint32", "uint64")}
-LUT_CHUNK = 1 << 18
 #: up to this many provisional ids, resolve numbers them in one array in memory
 #: (4 bytes each: 2 GiB at the limit); beyond, it works on the ids in pairs only
 DENSE_MAX_IDS = 1 << 29
-
-
-def union_find(left: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    """Validating wrapper of the compiled union-find over elements ``0..n-1``.
-
-    Returns ``(roots, merges)``; ``roots[k]`` is the smallest element joined
-    with ``k``.  Read-only and any integer dtype inputs are accepted.
-    """
-    left = np.ascontiguousarray(left, dtype=np.int64)
-    right = np.ascontiguousarray(right, dtype=np.int64)
-    if left.shape != right.shape or left.ndim != 1:
-        raise InputError(f"Expected two 1-D index arrays of equal length. Got shapes {left.shape} and {right.shape}.")
-    if left.size and (min(left.min(), right.min()) < 0 or max(left.max(), right.max()) >= n):
-        raise InputError(f"Expected indices in [0, {n}). Got values outside that range.")
-    return union_find_min(left, right, int(n))
 
 
 def final_lut(n_provisional: int, pairs: np.ndarray, chunk: int = LUT_CHUNK,
@@ -143,57 +127,6 @@ def read_pairs(plan: Plan, sources: Any) -> tuple[list[np.ndarray], set[int]]:
     return arrays, covered
 
 
-# --------------------------------------------------------------------------- lut store
-
-
-class Lut:
-    """Read access to a finished lut store (what apply-lut and finalize use)."""
-
-    def __init__(self, plan: Plan, group: zarr.Group, uri: str) -> None:
-        self.plan = plan
-        self.group = group
-        self.uri = uri
-        self.lut = group["lut"]
-        self.offsets = group["offsets"][:]  # one entry per block: read once, not per block
-        self.attrs = dict(group.attrs)
-        self.dtype = np.dtype(self.attrs["dtype"])
-        self._chunks: dict[int, np.ndarray] = {}
-
-    @classmethod
-    def open(cls, plan: Plan, uri: str | os.PathLike | None = None) -> "Lut":
-        uri = str(uri) if uri is not None else plan.lut_uri
-        try:
-            group = zarr.open_group(store=uri, mode="r")
-            check_plan_hash(group.attrs.get("plan_hash"), plan.hash, uri)
-            group["lut"], group["offsets"], group.attrs["dtype"]
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
-            raise StagingError(f"lut store {uri} is missing or incomplete (run resolve first): {exc}") from exc
-        return cls(plan, group, uri)
-
-    @property
-    def n_objects(self) -> int:
-        return int(self.attrs["n_objects"])
-
-    def block_range(self, block: int) -> tuple[int, int]:
-        lo, hi = int(self.offsets[block]), int(self.offsets[block + 1])
-        return lo, hi - lo
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """``lut[start:stop]``.  The lut chunks it touches are kept: the blocks of
-        a task are consecutive, so their slices share chunks."""
-        size = self.lut.chunks[0]
-        parts = []
-        for c in range(start // size, (stop - 1) // size + 1 if stop > start else start // size):
-            if c not in self._chunks:
-                if len(self._chunks) >= 4:
-                    self._chunks.pop(next(iter(self._chunks)))
-                self._chunks[c] = self.lut[c * size:(c + 1) * size]
-            lo, hi = max(start, c * size) - c * size, min(stop, (c + 1) * size) - c * size
-            parts.append(self._chunks[c][lo:hi])
-        return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
-
-
-
 def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any = None,
             out: str | os.PathLike | None = None) -> dict:
     """Build the lut from all manifests and pairs files; create the partial
@@ -223,23 +156,11 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
     dtype = choose_dtype(plan.label_dtype, n_final)
 
     uri = str(out) if out is not None else plan.lut_uri
-    tmp = f"{uri.rstrip('/')}.incomplete"
-    remove_path(tmp)
-    attrs = {"plan_hash": plan.hash, "dtype": dtype.name, "n_objects": n_final, "n_provisional": n_prov,
+    attrs = {"plan_hash": plan.hash, "n_objects": n_final, "n_provisional": n_prov,
              "merges": merges, "pairs": int(len(rows)), "pystitch": __version__}
-    group = zarr.open_group(store=tmp, mode="w", attributes=attrs)
-    lut = group.create_array(name="lut", shape=(n_prov + 1,), chunks=(LUT_CHUNK,), dtype=dtype, fill_value=0)
-    pos = 0
-    for piece in chunks:
-        lut[pos:pos + len(piece)] = piece.astype(dtype)
-        pos += len(piece)
-    group.create_array(name="offsets", shape=offsets.shape, chunks=(max(1, len(offsets)),), dtype=np.uint64,
-                       fill_value=0)[:] = offsets
-
     # the output is created here because only now is its dtype known
-    LabelOutput.create(plan, dtype)
-    remove_path(uri)
-    os.replace(tmp, uri)
+    LabelOutput.create(plan.partial_output, plan.label_layout(), dtype, plan.hash)
+    write_lut(uri, chunks, n_prov + 1, offsets, dtype, attrs)
     summary = {
         "plan_hash": plan.hash, "objects": n_final, "provisional_objects": n_prov, "merges": merges,
         "pairs": int(len(rows)), "blocks": plan.n_blocks,

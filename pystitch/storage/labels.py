@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,10 +26,10 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
-from ._version import __version__
-from .errors import InputError, OutputExistsError, StagingError
-from .io import LABEL_CODEC, write_concurrently
-from .storage import check_plan_hash, remove_path, replace_tree
+from .._version import __version__
+from ..errors import InputError, OutputExistsError, StagingError
+from .files import check_plan_hash, remove_path, replace_tree
+from .zarrs import LABEL_CODEC, write_concurrently
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +98,43 @@ def image_pyramid_factors(levels: list[tuple[int, ...]]) -> list[tuple[int, ...]
 # --------------------------------------------------------------------------- metadata
 
 
+@dataclass(frozen=True)
+class LabelLayout:
+    """What the output label image looks like: its grid, pyramid and metadata."""
+
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    axes: str
+    pyramid: tuple[tuple[int, ...], ...]
+    voxel_size: tuple[float, ...] | None = None
+    unit: str | None = None
+    output_format: str = "ome-zarr"
+    ngff_version: str = "0.4"
+    #: set when the labels go inside the input OME-Zarr image (``<image>/labels/<name>``)
+    label_name: str | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 def _axes_meta(axes: str, unit: str | None) -> list[dict]:
     return [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes]
 
 
-def multiscales_meta(plan: Any, name: str) -> dict:
-    voxel = plan.voxel_size or (1.0,) * plan.ndim
+def multiscales_meta(layout: LabelLayout, name: str) -> dict:
+    voxel = layout.voxel_size or (1.0,) * layout.ndim
     ms = {
         "name": name,
-        "axes": _axes_meta(plan.axes, _ngff_unit(plan.unit)),
+        "axes": _axes_meta(layout.axes, _ngff_unit(layout.unit)),
         "datasets": [{"path": str(k), "coordinateTransformations": [
             {"type": "scale", "scale": [float(v * f) for v, f in zip(voxel, factor)]}]}
-            for k, factor in enumerate(plan.pyramid)],
+            for k, factor in enumerate(layout.pyramid)],
         "type": "stride",
         "metadata": {"description": "level k = level 0 subsampled with a stride (label-safe: no averaging)",
-                     "method": "numpy slicing [::factor]", "factors": [list(f) for f in plan.pyramid]},
+                     "method": "numpy slicing [::factor]", "factors": [list(f) for f in layout.pyramid]},
     }
-    if plan.ngff_version == "0.4":
+    if layout.ngff_version == "0.4":
         ms["version"] = "0.4"
     return ms
 
@@ -143,10 +164,11 @@ def _read_ome_attrs(group: zarr.Group) -> dict:
 
 
 class LabelOutput:
-    """The partial output in the work directory: all pyramid levels."""
+    """A label image being written: all pyramid levels (the partial output in
+    the work directory until ``finalize`` publishes it)."""
 
-    def __init__(self, plan: Any, levels: list[zarr.Array]) -> None:
-        self.plan = plan
+    def __init__(self, layout: LabelLayout, levels: list[zarr.Array]) -> None:
+        self.layout = layout
         self.levels = levels
 
     @property
@@ -154,84 +176,81 @@ class LabelOutput:
         return self.levels[0]
 
     @classmethod
-    def create(cls, plan: Any, dtype: np.dtype) -> "LabelOutput":
-        uri = plan.partial_output
+    def create(cls, uri: str, layout: LabelLayout, dtype: np.dtype, plan_hash: str) -> "LabelOutput":
         remove_path(uri)
-        attrs = {"pystitch": {"plan_hash": plan.hash, "version": __version__}}
-        if plan.output_format == "zarr":
-            arr = zarr.create_array(store=uri, shape=plan.shape, chunks=plan.block_shape, dtype=dtype,
+        attrs = {"pystitch": {"plan_hash": plan_hash, "version": __version__}}
+        if layout.output_format == "zarr":
+            arr = zarr.create_array(store=uri, shape=layout.shape, chunks=layout.block, dtype=dtype,
                                     fill_value=0, zarr_format=3, compressors=[LABEL_CODEC], attributes=attrs)
-            return cls(plan, [arr])
-        fmt = 2 if plan.ngff_version == "0.4" else 3
+            return cls(layout, [arr])
+        fmt = 2 if layout.ngff_version == "0.4" else 3
         group = zarr.open_group(store=uri, mode="w", zarr_format=fmt, attributes=attrs)
-        name = plan.label_name or "labels"
+        name = layout.label_name or "labels"
         levels = []
-        for k, factor in enumerate(plan.pyramid):
-            chunks = tuple(b // f for b, f in zip(plan.block_shape, factor))
+        for k, factor in enumerate(layout.pyramid):
+            chunks = tuple(b // f for b, f in zip(layout.block, factor))
             kwargs: dict = ({"compressors": [LABEL_CODEC]} if fmt == 3 else
                             {"compressors": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
                              "chunk_key_encoding": {"name": "v2", "separator": "/"}})
-            levels.append(group.create_array(name=str(k), shape=level_shape(plan.shape, factor), chunks=chunks,
+            levels.append(group.create_array(name=str(k), shape=level_shape(layout.shape, factor), chunks=chunks,
                                              dtype=dtype, fill_value=0, **kwargs))
-        ome = {"multiscales": [multiscales_meta(plan, name)],
-               "image-label": {"source": {"image": "../../"} if plan.label_name else {},
-                               **({"version": "0.4"} if plan.ngff_version == "0.4" else {})}}
-        if not plan.label_name:
+        ome = {"multiscales": [multiscales_meta(layout, name)],
+               "image-label": {"source": {"image": "../../"} if layout.label_name else {},
+                               **({"version": "0.4"} if layout.ngff_version == "0.4" else {})}}
+        if not layout.label_name:
             ome["image-label"].pop("source")
-        _set_ome_attrs(group, plan.ngff_version, ome)
-        return cls(plan, levels)
+        _set_ome_attrs(group, layout.ngff_version, ome)
+        return cls(layout, levels)
 
     @classmethod
-    def open(cls, plan: Any) -> "LabelOutput":
-        uri = plan.partial_output
+    def open(cls, uri: str, layout: LabelLayout, plan_hash: str) -> "LabelOutput":
         try:
             node = zarr.open(store=uri, mode="r+")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise StagingError(f"The partial output {uri} is missing (run resolve first).") from exc
         meta = dict(node.attrs).get("pystitch", {})
-        check_plan_hash(meta.get("plan_hash"), plan.hash, uri)
+        check_plan_hash(meta.get("plan_hash"), plan_hash, uri)
         if isinstance(node, zarr.Array):
-            return cls(plan, [node])
-        return cls(plan, [node[str(k)] for k in range(len(plan.pyramid))])
+            return cls(layout, [node])
+        return cls(layout, [node[str(k)] for k in range(len(layout.pyramid))])
 
-    def write_block(self, block: int, labels: np.ndarray) -> None:
-        """Write a block's final labels (its core) on every level."""
-        core = self.plan.core(block)
+    def write_block(self, core: tuple[slice, ...], labels: np.ndarray) -> None:
+        """Write a block's final labels (its ``core`` region) on every level."""
         writes = [(self.levels[0], core, labels)]
-        for arr, factor in zip(self.levels[1:], self.plan.pyramid[1:]):
+        for arr, factor in zip(self.levels[1:], self.layout.pyramid[1:]):
             region = tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(core, factor))
             writes.append((arr, region, labels[tuple(slice(None, None, f) for f in factor)]))
         write_concurrently(writes)
 
 
-def read_level(plan: Any, uri: str, level: int = 0) -> zarr.Array:
+def read_level(uri: str, level: int = 0) -> zarr.Array:
     node = zarr.open(store=uri, mode="r")
     return node if isinstance(node, zarr.Array) else node[str(level)]
 
 
-def publish(plan: Any, overwrite: bool) -> Path:
-    """Move the finished partial output to the output path (atomically where the
+def publish(partial: str, target: str | Path, layout: LabelLayout, overwrite: bool) -> Path:
+    """Move the finished partial output to ``target`` (atomically where the
     filesystem allows) and, for labels inside an image, list them there."""
-    target = Path(plan.output)
+    target = Path(target)
     if target.exists():
         if not overwrite:
             raise OutputExistsError(f"{target} exists. Expected a new path, or --overwrite to replace it.")
         remove_path(target)
-    replace_tree(plan.partial_output, target)
-    if plan.label_name:
+    replace_tree(partial, target)
+    if layout.label_name:
         labels = zarr.open_group(store=str(target.parent), mode="a",
-                                 zarr_format=2 if plan.ngff_version == "0.4" else 3)
+                                 zarr_format=2 if layout.ngff_version == "0.4" else 3)
         listed = list(_read_ome_attrs(labels).get("labels", []))
-        if plan.label_name not in listed:
-            listed.append(plan.label_name)
-        _set_ome_attrs(labels, plan.ngff_version, {"labels": listed})
+        if layout.label_name not in listed:
+            listed.append(layout.label_name)
+        _set_ome_attrs(labels, layout.ngff_version, {"labels": listed})
     return target
 
 
-def ngff_version_of(source: Any) -> str | None:
-    """NGFF version of an OME-Zarr input (None when it is not one)."""
+def ngff_version_of(uri: str) -> str | None:
+    """NGFF version of an OME-Zarr image (None when it is not one)."""
     try:
-        group = zarr.open_group(store=source.spec.uri, mode="r")
+        group = zarr.open_group(store=uri, mode="r")
     except Exception:
         return None
     attrs = dict(group.attrs)

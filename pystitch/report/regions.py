@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StagingError
-from .plan import Plan
-from .storage import check_plan_hash, read_npz, step_files
+from ..errors import StagingError
+from ..plan import Plan
+from ..storage.files import check_plan_hash, read_npz, step_files
 
 
 def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int]) -> dict[str, np.ndarray]:

@@ -10,24 +10,20 @@ of it as numpy arrays, with the selected channel(s) and time point applied.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
 import re
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
-from zarr.core.sync import sync as zarr_sync
 
-from .errors import InputError, InputNotFoundError
+from ..errors import InputError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +124,8 @@ class ImageSource:
     _index: tuple = ()
     _channel_pos: int | None = None
     _keep: Any = None  # keeps a TiffFile open while the array is used
+    #: decoded chunks of this opening (see :class:`ChunkCache`); None: no cache
+    cache: "ChunkCache | None" = None
 
     @property
     def ndim(self) -> int:
@@ -145,20 +143,14 @@ class ImageSource:
         index = tuple(next(it) if s is None else s for s in self._index)
         if any(isinstance(s, list) for s in index):
             data = self.array.oindex[index]
-        elif CHUNK_CACHE.capacity > 0 and _regular_chunks(self.array) is not None:
-            data = CHUNK_CACHE.read(self._cache_key, self.array, index)
+        elif self.cache is not None and self.cache.capacity > 0 and _regular_chunks(self.array) is not None:
+            data = self.cache.read(self.array, index)
         else:
             data = self.array[index]
         data = np.asarray(data)
         if self._channel_pos is not None:
             data = np.moveaxis(data, self._channel_pos, 0)
         return data
-
-    @property
-    def _cache_key(self) -> tuple:
-        spec = self.spec
-        return (spec.uri, spec.array_path, spec.level, tuple(self.array.shape), _regular_chunks(self.array),
-                str(self.array.dtype))
 
     def close(self) -> None:
         if self._keep is not None:
@@ -178,15 +170,15 @@ def _regular_chunks(array: Any) -> tuple[int, ...] | None:
 
 
 class ChunkCache:
-    """Decoded input chunks, least recently used dropped first (per process;
-    emptied whenever a plan is made, so a run never reads chunks of an image
-    that was rewritten before it, even in the process of an earlier run).
+    """Decoded chunks of one opened image, least recently used dropped first.
 
     Blocks read their core plus a halo, so neighbouring blocks read the same
     chunks: without a cache a chunk-sized block decodes up to 3**ndim chunks.
-    Tasks that process neighbouring blocks in order (the local runner's
-    batches, a workflow's batches of consecutive ids) decode each chunk about
-    once.  ``PYSTITCH_READ_CACHE_MB`` sets the size (0 disables it).
+    A task that keeps the image open while it processes neighbouring blocks
+    in order (the local runner's workers, a workflow's batches of consecutive
+    ids) decodes each chunk about once.  The cache belongs to one opening of
+    the image, so a later opening never sees chunks of an image rewritten in
+    between.  ``PYSTITCH_READ_CACHE_MB`` sets its size (0 disables it).
     """
 
     def __init__(self, capacity_bytes: int) -> None:
@@ -207,7 +199,7 @@ class ChunkCache:
             _, old = self.chunks.popitem(last=False)
             self.used -= old.nbytes
 
-    def read(self, source_key: tuple, array: Any, index: tuple) -> np.ndarray:
+    def read(self, array: Any, index: tuple) -> np.ndarray:
         """``array[index]`` for an index of slices and integers, from cached chunks."""
         chunks = _regular_chunks(array)
         assert chunks is not None
@@ -220,24 +212,24 @@ class ChunkCache:
             else:
                 spans.append((int(ix) // c, int(ix) // c + 1))
         grid = list(itertools.product(*(range(a, b) for a, b in spans)))
-        missing = [g for g in grid if (source_key, g) not in self.chunks]
+        missing = [g for g in grid if g not in self.chunks]
         if missing:
             lo = [min(g[a] for g in missing) for a in range(len(shape))]
             hi = [max(g[a] for g in missing) + 1 for a in range(len(shape))]
             box = tuple(slice(l * c, min(h * c, n)) for l, h, c, n in zip(lo, hi, chunks, shape))
             data = np.asarray(array[box])
             for g in itertools.product(*(range(l, h) for l, h in zip(lo, hi))):
-                key = (source_key, g)
+                key = g
                 if key not in self.chunks:
                     sub = tuple(slice((gi - l) * c, (gi - l + 1) * c) for gi, l, c in zip(g, lo, chunks))
                     self._put(key, data[sub].copy())
-            if any((source_key, g) not in self.chunks for g in grid):
+            if any(g not in self.chunks for g in grid):
                 return np.asarray(array[index])  # the request is larger than the cache
         out_shape = [len(range(*ix.indices(n))) for ix, n in zip(index, shape) if isinstance(ix, slice)]
         out = np.empty(out_shape, dtype=array.dtype)
         for g in grid:
-            chunk = self.chunks[(source_key, g)]
-            self.chunks.move_to_end((source_key, g))
+            chunk = self.chunks[g]
+            self.chunks.move_to_end(g)
             src, dst = [], []
             for ix, gi, c, n in zip(index, g, chunks, shape):
                 c0 = gi * c
@@ -252,15 +244,23 @@ class ChunkCache:
         return out
 
 
-CHUNK_CACHE = ChunkCache(int(float(os.environ.get("PYSTITCH_READ_CACHE_MB", "256")) * 2 ** 20))
+def cache_capacity() -> int:
+    """Bytes of the chunk cache of each opened image (``PYSTITCH_READ_CACHE_MB``, default 256)."""
+    text = os.environ.get("PYSTITCH_READ_CACHE_MB", "256")
+    try:
+        mb = float(text)
+    except ValueError:
+        raise InputError(f"Expected PYSTITCH_READ_CACHE_MB to be a number of MiB. Got {text!r} instead.") from None
+    return max(0, int(mb * 2 ** 20))
 
 
 # --------------------------------------------------------------------------- opening
 
 
-def open_image(spec: ImageSpec | str, **kwargs: Any) -> ImageSource:
+def open_image(spec: ImageSpec | str, *, cache: bool = True, **kwargs: Any) -> ImageSource:
     """Open an input image.  ``spec`` may be an :class:`ImageSpec` or a path/URI
-    with the other :class:`ImageSpec` fields as keyword arguments."""
+    with the other :class:`ImageSpec` fields as keyword arguments.  ``cache``:
+    keep decoded chunks while the image is open (see :class:`ChunkCache`)."""
     if not isinstance(spec, ImageSpec):
         spec = ImageSpec(uri=spec, **kwargs)
     uri = spec.uri
@@ -268,9 +268,11 @@ def open_image(spec: ImageSpec | str, **kwargs: Any) -> ImageSource:
         raise InputNotFoundError(
             f"Input image not found: {uri}. Expected a zarr / OME-Zarr store or a TIFF file."
         )
-    if uri.lower().endswith(TIFF_SUFFIXES):
-        return _open_tiff(spec)
-    return _open_zarr(spec)
+    source = _open_tiff(spec) if uri.lower().endswith(TIFF_SUFFIXES) else _open_zarr(spec)
+    capacity = cache_capacity() if cache else 0
+    if capacity:
+        source.cache = ChunkCache(capacity)
+    return source
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
@@ -540,80 +542,3 @@ def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
     except Exception as exc:  # metadata is optional: never fail a run on it
         log.warning("could not read voxel sizes from %s: %s", tf.filehandle.path, exc)
     return None, None
-
-
-# --------------------------------------------------------------------------- writing
-
-#: compression for label arrays: labels are long runs of few values, which
-#: bit-shuffled lz4 packs small and decodes fastest (see benchmarks/)
-LABEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
-
-
-def write_concurrently(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
-    """``array[region] = data`` for several (array, region, data) at once: the
-    chunks are encoded and stored concurrently instead of one after another."""
-    async def run() -> None:
-        await asyncio.gather(*(arr.async_array.setitem(region, data) for arr, region, data in writes))
-
-    zarr_sync(run())
-
-
-def read_concurrently(reads: Sequence[tuple[zarr.Array, tuple[slice, ...]]]) -> list[np.ndarray]:
-    """``[array[region] for array, region in reads]``, fetched and decoded
-    concurrently (one round trip to zarr's event loop instead of one each)."""
-    async def run() -> list[Any]:
-        return await asyncio.gather(*(arr.async_array.getitem(region) for arr, region in reads))
-
-    return [np.asarray(a) for a in zarr_sync(run())] if reads else []
-
-
-def read_ahead(items: Sequence[Any], read: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(item, read(item))`` in order while the next item is already
-    being read in a background thread (one read ahead: bounded memory)."""
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystitch-read") as pool:
-        nxt = pool.submit(read, items[0])
-        for i, item in enumerate(items):
-            data = nxt.result()
-            if i + 1 < len(items):
-                nxt = pool.submit(read, items[i + 1])
-            yield item, data
-
-
-class WriteBehind:
-    """Run writes in a background thread, at most one in flight (the caller
-    goes on with the next block meanwhile).  Leaving the ``with`` block waits
-    for the last write and re-raises its error."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystitch-write")
-        self._pending: Future | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.wait()
-        self._pending = self._pool.submit(fn, *args)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def __enter__(self) -> "WriteBehind":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            if exc[0] is None:
-                self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
-                       dtype: Any, attributes: dict | None = None) -> zarr.Array:
-    return group.create_array(
-        name=name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0, overwrite=True, compressors=[LABEL_CODEC],
-        attributes=attributes or {},
-    )

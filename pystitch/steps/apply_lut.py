@@ -18,46 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from ._core._lut import apply_lut_flat
-from ._core._regions import region_stats_3d
-from .errors import InputError, StagingError
-from .io import WriteBehind, read_ahead
-from .output import LabelOutput
-from .plan import Plan, parse_block_ids
-from .resolve import Lut
-from .staging import Staging
-from .storage import atomic_write_npz
+from .._core import apply_lut_array, region_stats
+from ..errors import StagingError
+from ..grid import parse_block_ids
+from ..plan import Plan
+from ..storage.files import atomic_write_npz
+from ..storage.labels import LabelOutput
+from ..storage.lut import Lut
+from ..storage.staging import Staging
+from ..storage.zarrs import WriteBehind, read_ahead
 
 log = logging.getLogger(__name__)
-
-LABEL_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
-VALUE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
-
-
-def apply_lut_array(labels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Return ``lut[labels]`` computed by the compiled kernel.
-
-    ``labels`` and ``lut`` must be unsigned integer arrays (read-only and
-    non-contiguous inputs are accepted); a label outside the table is an
-    error that names it.
-    """
-    labels = np.asarray(labels)
-    lut = np.asarray(lut)
-    if labels.dtype.type not in LABEL_DTYPES:
-        raise InputError(f"Expected unsigned integer labels (uint8..uint64). Got dtype {labels.dtype} instead.")
-    if lut.dtype.type not in VALUE_DTYPES or lut.ndim != 1:
-        raise InputError(f"Expected a 1-D unsigned integer lut. Got dtype {lut.dtype}, shape {lut.shape} instead.")
-    if out is None:
-        out = np.empty(labels.shape, dtype=lut.dtype)
-    elif out.shape != labels.shape or out.dtype != lut.dtype or not out.flags.c_contiguous:
-        raise InputError(f"Expected out as a C-contiguous {lut.dtype} array of shape {labels.shape}.")
-    if labels.size == 0:
-        return out
-    flat = np.ascontiguousarray(labels).reshape(-1)
-    bad = apply_lut_flat(flat, np.ascontiguousarray(lut), out.reshape(-1))
-    if bad >= 0:
-        raise InputError(f"Label {int(flat[bad])} is outside the lut (which has {len(lut)} entries).")
-    return out
 
 
 def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -67,9 +38,7 @@ def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids:
     ``k + 1``.  Objects that two local ids share (joined through other blocks)
     are summed.  Coordinates are global (``origin`` is the block's corner).
     """
-    ndim = local.ndim
-    counts, lo, hi, sums = region_stats_3d(np.ascontiguousarray(local).reshape((1,) * (3 - ndim) + local.shape), n)
-    counts, lo, hi, sums = counts[1:], lo[1:, 3 - ndim:], hi[1:, 3 - ndim:], sums[1:, 3 - ndim:]
+    counts, lo, hi, sums = region_stats(local, n)
     org = np.asarray(origin, dtype=np.int64)
     lo, hi = lo + org, hi + org
     sums = sums + counts[:, None] * org
@@ -95,9 +64,9 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     region statistics into one ``.npz`` file; returns that file's path."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ids = parse_block_ids(blocks, plan.n_blocks)
-    table = Lut.open(plan, lut)
-    output = LabelOutput.open(plan)
-    staging = Staging(plan)
+    table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
+    output = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash)
+    staging = Staging(plan.staging_uri, plan.grid, plan.hash)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
     work = [b for b in ids if table.block_range(b)[1] > 0]
     # the next block is read and the previous one written while this one is mapped
@@ -107,13 +76,13 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
             top = int(local.max()) if local.size else 0
             if top > n:
                 raise StagingError(
-                    f"The staging labels of {plan.block_description(b)} hold id {top} but its manifest counted "
+                    f"The staging labels of {plan.grid.describe(b)} hold id {top} but its manifest counted "
                     f"{n} objects: the staging store is corrupt or was written by another run."
                 )
             block_lut = np.zeros(n + 1, dtype=table.dtype)
             block_lut[1:] = table.read(offset + 1, offset + n + 1)
-            writer.submit(output.write_block, b, apply_lut_array(local, block_lut))
-            core = plan.core(b)
+            core = plan.grid.core(b)
+            writer.submit(output.write_block, core, apply_lut_array(local, block_lut))
             stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
             rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
             for k, v in stats.items():

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .errors import OutputExistsError
-from .plan import Plan
-from .io import open_image
-from .output import LabelOutput, publish
-from .qc import pictures as qc_pictures, seam_qc
-from .report import trace_timings, write_reports
-from .regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
-from .resolve import Lut
-from .storage import atomic_write_json, remove_path, replace_tree
+from .._version import __version__
+from ..errors import OutputExistsError
+from ..plan import Plan
+from ..report.qc import pictures as qc_pictures, seam_qc
+from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
+from ..report.summary import trace_timings, write_reports
+from ..storage.files import atomic_write_json, remove_path, replace_tree
+from ..storage.images import open_image
+from ..storage.labels import LabelOutput, publish
+from ..storage.lut import Lut
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
-    table = Lut.open(plan, lut)
+    table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
     n_objects = table.n_objects
     offsets = table.offsets[:]
     counts = np.diff(offsets)
@@ -89,7 +89,7 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
-    output_levels = LabelOutput.open(plan).levels
+    output_levels = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash).levels
     summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
     if summary["seam_qc"]["flagged"]:
         log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s)",
@@ -109,7 +109,7 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     atomic_write_json(staged / "summary.json", summary)
     write_reports(staged, summary, made)
 
-    publish(plan, overwrite)
+    publish(plan.partial_output, plan.output, plan.label_layout(), overwrite)
     if report.exists():
         remove_path(report)
     replace_tree(staged, report)
