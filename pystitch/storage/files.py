@@ -66,7 +66,8 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
 def read_npz(path: str | os.PathLike, what: str, required: Iterable[str]) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # the file is opened here, not by np.load, which leaks it when the zip is corrupt
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             out = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise StagingError(f"{what} not found: {path}") from None
