@@ -4,12 +4,20 @@
 are in the staging store, so a block without a manifest is unfinished and is
 never consumed.  Later steps take manifests from a directory, files, or JSON
 Lines files of concatenated manifests (what a workflow engine gathers).
+
+A manifest records what the block wrote to the staging store: for each
+piece (``core``, ``face-<axis>-<side>``) its foreground voxels and a CRC32 of
+its labels.  Readers check what they read against it, and its
+:func:`digest` stamps every result computed from the block (pairs, lut), so
+a block segmented again later is never silently mixed with results of its
+earlier segmentation.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -95,3 +103,26 @@ def local_manifest_valid(plan: Plan, directory: str | os.PathLike, block: int) -
     except Exception:
         return False
     return True
+
+
+def digest(doc: dict) -> int:
+    """A number that changes whenever what the block wrote changes."""
+    key = {k: doc.get(k) for k in ("block", "n_labels", "n_halo_labels", "pieces")}
+    return zlib.crc32(json.dumps(key, sort_keys=True).encode())
+
+
+def piece(manifests: dict[int, dict], block: int, name: str) -> dict | None:
+    """The manifest's record of one piece of a block (None: not recorded)."""
+    doc = manifests.get(block)
+    return None if doc is None else (doc.get("pieces") or {}).get(name)
+
+
+def check_digests(plan: Plan, manifests: dict[int, dict], recorded: Any, where: str, redo: str) -> None:
+    """``recorded`` ((k, 2) block, digest) must match the current manifests."""
+    for block, value in (recorded if recorded is not None else []):
+        block = int(block)
+        if block in manifests and digest(manifests[block]) != int(value):
+            raise StagingError(
+                f"{where} was computed from an earlier segmentation of block {block}, which has been segmented "
+                f"again since. Run {redo} again for it."
+            )

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from ._version import __version__
 from .backends import Backend, get_backend
 from .errors import InputError, PlanMismatchError
 from .grid import BlockGrid
-from .storage.files import atomic_write_json, read_json, remove_path
+from .storage.files import LOCK_NAME, atomic_write_json, read_json, remove_path
 from .storage.images import ImageSpec
 from .storage.labels import NGFF_VERSIONS, OUTPUT_FORMATS, LabelLayout
 
@@ -134,6 +134,22 @@ class Plan:
             d["voxel_size"] = tuple(float(v) for v in d["voxel_size"])
         return cls(**d)
 
+    def requested(self) -> tuple[dict, dict | None]:
+        """The plan as it was requested, before the image scan resolved it (what
+        two runs with the same command and image have in common)."""
+        request = self.stats.get("requested")
+        if not request:
+            return self.to_dict(), None
+        draft = replace(self, backend=request["backend"], empty_blocks=(), stats={})
+        return draft.to_dict(), request
+
+    @cached_property
+    def request_digest(self) -> str:
+        """Digest of :meth:`requested`, without the paths."""
+        doc, request = self.requested()
+        doc = {k: v for k, v in doc.items() if k not in LOCATION_FIELDS}
+        return hashlib.sha256(json.dumps([doc, request], sort_keys=True).encode()).hexdigest()
+
     @cached_property
     def hash(self) -> str:
         """Identity of the computation: every setting that changes a result,
@@ -202,11 +218,17 @@ class Plan:
     def report_staging(self) -> Path:
         return Path(self.work_dir) / "report.partial"
 
+    @property
+    def output_id_path(self) -> Path:
+        """Which partial output resolve created last (apply-lut records it)."""
+        return Path(self.work_dir) / "output-id.json"
+
     def owned_paths(self) -> list[Path]:
         """Everything pystitch writes into the work directory."""
         wd = Path(self.work_dir)
         return [self.plan_path, Path(self.staging_uri), self.manifest_dir, self.pairs_dir, Path(self.lut_uri),
-                wd / "resolve.json", self.stats_dir, Path(self.partial_output), self.report_staging]
+                Path(f"{self.lut_uri}.incomplete"), wd / "resolve.json", self.stats_dir, Path(self.partial_output),
+                self.output_id_path, self.report_staging, wd / LOCK_NAME]
 
     def clean_work_dir(self) -> None:
         """Remove what pystitch wrote into the work directory (and the directory
@@ -258,6 +280,16 @@ class Plan:
 def output_stem(path: str) -> str:
     """``/data/labels.ome.zarr`` -> ``/data/labels``: the base of the report and work dir names."""
     return re.sub(r"\.(ome\.)?zarr$", "", path.rstrip("/"))
+
+
+def run_stem(image: str, output: str) -> str:
+    """The stem the default work and report directories are named after: the
+    output's, or for labels inside an OME-Zarr image (``<image>/labels/<name>``)
+    ``<image stem>_<name>``, next to the image rather than inside it."""
+    out = Path(output)
+    if out.parent.name == "labels" and str(out.parent.parent) == image.rstrip("/"):
+        return f"{output_stem(image)}_{out.name}"
+    return output
 
 
 def default_report_dir(output: str) -> str:

@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import params
@@ -32,9 +33,12 @@ from .steps.finalize import finalize
 from .steps.plan_blocks import WHEN_SCANNING, plan_blocks
 from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
-from .storage.files import read_npz, remove_path
-from .storage.labels import LabelOutput
-from .storage.lut import Lut
+from .manifests import digest, read_manifests
+from .plan import default_work_dir, run_stem
+from .steps.plan_blocks import AlreadyDone
+from .storage.files import DirectoryLock, read_json, read_npz
+from .storage.images import ImageSpec, absolute_uri
+from .storage.labels import is_published
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +163,31 @@ def _apply_task(args: tuple) -> Path:
     return apply_lut(plan_path, ids)
 
 
-def _valid_result(path: Path, plan: Plan, ids: list[int]) -> bool:
+def _valid_result(path: Path, plan: Plan, ids: list[int], belongs: Callable[[dict], bool]) -> bool:
     if not path.exists():
         return False
     try:
         data = read_npz(path, "result", ["blocks", "plan_hash"])
     except Exception:
         return False
-    return str(data["plan_hash"]) == plan.hash and [int(b) for b in data["blocks"]] == ids
+    return str(data["plan_hash"]) == plan.hash and [int(b) for b in data["blocks"]] == ids and belongs(data)
+
+
+def _pairs_current(plan: Plan) -> Callable[[dict], bool]:
+    """Pairs files computed from the blocks' current segmentation."""
+    manifests = read_manifests(plan)
+    return lambda data: all(b in manifests and digest(manifests[int(b)]) == int(d)
+                            for b, d in data.get("digests", np.zeros((0, 2), np.uint64)))
+
+
+def _stats_current(plan: Plan) -> Callable[[dict], bool]:
+    """Statistics written with the current lut into the current output."""
+    current = read_json(plan.output_id_path, "output id")
+    return lambda data: str(data.get("output_id")) == current.get("output_id")
 
 
 def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable[[list[int]], str],
-                     batch_size: int) -> list[list[int]]:
+                     batch_size: int, belongs: Callable[[dict], bool]) -> list[list[int]]:
     """Batches whose result file is missing; removes files of other batchings."""
     groups = batches(ids, batch_size)
     wanted = {name(g) for g in groups}
@@ -178,24 +195,16 @@ def _pending_batches(plan: Plan, directory: Path, ids: list[int], name: Callable
         for f in directory.glob("*.npz"):
             if f.name not in wanted:
                 f.unlink()
-    return [g for g in groups if not _valid_result(directory / name(g), plan, g)]
+    return [g for g in groups if not _valid_result(directory / name(g), plan, g, belongs)]
 
 
 def _batch_step(scheduler: Scheduler, task: Callable, plan: Plan, directory: Path, name: Callable[[list[int]], str],
                 ids: list[int], batch_size: int, desc: str) -> None:
     """Run a per-batch step on the batches whose result file is missing."""
-    pending = _pending_batches(plan, directory, ids, name, batch_size)
+    belongs = _pairs_current(plan) if task is _pairs_task else _stats_current(plan)
+    pending = _pending_batches(plan, directory, ids, name, batch_size, belongs)
     for _ in scheduler.map(task, [(str(plan.plan_path), g) for g in pending], desc=desc):
         pass
-
-
-def _lut_reusable(plan: Plan) -> bool:
-    try:
-        Lut.open(plan.lut_uri, plan.hash)
-        LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash)
-    except Exception:
-        return False
-    return True
 
 
 def run(image: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict:
@@ -220,49 +229,59 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
          allow_cpu_fallback: bool | None, memory_gb: float | None, backend_options: dict,
          batch_size: int = BATCH_SIZE) -> dict:
     timings: dict[str, float] = {}
-    with Scheduler(workers, progress) as scheduler:
+    spec = ImageSpec(uri=image, array_path=array_path, level=level, channel=channel, channel_axis=channel_axis,
+                     timepoint=timepoint)
+    output = absolute_uri(output)
+    wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
+    # one run per work directory: a second one fails at once, naming this one
+    with DirectoryLock(wd), Scheduler(workers, progress) as scheduler:
         t = time.perf_counter()
-        plan = plan_blocks(
-            image, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
-            label_dtype=label_dtype, work_dir=work_dir, report_dir=report_dir, overwrite=overwrite,
-            # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
-            skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level,
-            map_tasks=scheduler.map_tasks("scan image"), array_path=array_path, level=level,
-            channel=channel, channel_axis=channel_axis, timepoint=timepoint, backend_options=backend_options,
-            output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels,
-            memory_gb=memory_gb)
+        try:
+            plan = plan_blocks(
+                spec, output, block_shape=block_shape, halo=halo, backend=backend, rule=rule, min_iou=min_iou,
+                label_dtype=label_dtype, work_dir=wd, report_dir=report_dir, overwrite=overwrite,
+                # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
+                skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level,
+                map_tasks=scheduler.map_tasks("scan image"), backend_options=backend_options,
+                output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels,
+                memory_gb=memory_gb)
+        except AlreadyDone as done:
+            summary_path = Path(done.report_dir) / "summary.json"
+            if summary_path.exists():
+                log.info("%s already holds the finished labels of this run: nothing to do", done.output)
+                return read_json(summary_path, "summary")
+            raise
         plan_path = str(plan.plan_path)
         timings["plan"] = time.perf_counter() - t
         todo = plan.work_blocks()
+        finished = is_published(plan.output, plan.hash)  # killed after publishing: only the report is left
 
         t = time.perf_counter()
         # rows of neighbouring blocks per task: they read the same input chunks (see ChunkCache)
         row = min(max(plan.grid.counts[-1], 4), 64)
         runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                    if v is not None}
-        groups = sweep_order(batches(todo, row), workers)
+        groups = [] if finished else sweep_order(batches(todo, row), workers)
         for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment"):
             pass
         timings["segment"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        _batch_step(scheduler, _pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, "face-pairs")
-        timings["face_pairs"] = time.perf_counter() - t
+        if not finished:
+            t = time.perf_counter()
+            _batch_step(scheduler, _pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, "face-pairs")
+            timings["face_pairs"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        if _lut_reusable(plan):
-            log.info("the lut of this plan exists: not resolving again")
-        else:
-            remove_path(plan.stats_dir)  # statistics written with an earlier lut are void
-            resolve(plan)
-        timings["resolve"] = time.perf_counter() - t
+            t = time.perf_counter()
+            resolve(plan)  # does nothing when the lut of these manifests and pairs exists
+            timings["resolve"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, "apply-lut")
-        timings["apply_lut"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, "apply-lut")
+            timings["apply_lut"] = time.perf_counter() - t
 
-    summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
-                       extra={"workers": workers, "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
-    if not keep_work:
-        plan.clean_work_dir()
+        summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
+                           extra={"workers": workers,
+                                  "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+        if not keep_work:
+            plan.clean_work_dir()
     return summary

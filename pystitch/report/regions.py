@@ -17,12 +17,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import StagingError
+from ..grid import format_block_ids
 from ..plan import Plan
 from ..storage.files import check_plan_hash, read_npz, step_files
 
 
-def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int]) -> dict[str, np.ndarray]:
-    """Load the per-batch statistics files written by apply-lut."""
+def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int],
+                     made_with: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Load the per-batch statistics files written by apply-lut.  ``made_with``
+    (``lut_inputs``, ``output_id``): what every file must have been made with —
+    the current lut, and the output that is being finished."""
     paths = step_files(sources, plan.stats_dir, "stats-*.npz")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
     covered: set[int] = set()
@@ -30,6 +34,11 @@ def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int])
         data = read_npz(path, "statistics file", list(parts) + ["blocks", "plan_hash"])
         check_plan_hash(data["plan_hash"], plan.hash, path)
         blocks = {int(b) for b in data["blocks"]}
+        for key, what in (("lut_inputs", "with an earlier lut (resolve ran again since)"),
+                          ("output_id", "into an earlier output (resolve created a new one since)")):
+            if made_with and key in data and str(data[key]) != made_with[key]:
+                raise StagingError(f"The statistics file {path} was written {what}: run apply-lut again for "
+                                   f"block(s) {format_block_ids(sorted(blocks))}.")
         if covered & blocks:
             raise StagingError(f"{path} repeats statistics of block(s) {sorted(covered & blocks)[:10]}.")
         covered |= blocks

@@ -22,7 +22,7 @@ from .._core import apply_lut_array, region_stats
 from ..errors import StagingError
 from ..grid import parse_block_ids
 from ..plan import Plan
-from ..storage.files import atomic_write_npz
+from ..storage.files import atomic_write_npz, read_json
 from ..storage.labels import LabelOutput
 from ..storage.lut import Lut
 from ..storage.staging import Staging
@@ -65,13 +65,22 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ids = parse_block_ids(blocks, plan.n_blocks)
     table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
+    current = read_json(plan.output_id_path, "output id")
+    if current.get("lut_inputs") != table.attrs.get("inputs"):
+        raise StagingError(f"The partial output {plan.partial_output} was created for another lut than "
+                           f"{table.uri}: run resolve again.")
     output = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash)
     staging = Staging(plan.staging_uri, plan.grid, plan.hash)
+
+    def read(block: int) -> np.ndarray:
+        expected = None if table.voxels is None else {"voxels": int(table.voxels[block])}
+        return staging.read_core(block, expected)
+
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
     work = [b for b in ids if table.block_range(b)[1] > 0]
     # the next block is read and the previous one written while this one is mapped
     with WriteBehind() as writer:
-        for b, local in read_ahead(work, staging.read_core):
+        for b, local in read_ahead(work, read):
             offset, n = table.block_range(b)
             top = int(local.max()) if local.size else 0
             if top > n:
@@ -97,6 +106,9 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
         "sum": np.concatenate(rows["sum"]) if rows["sum"] else np.zeros((0, ndim), np.int64),
         "blocks": np.asarray(ids, dtype=np.int64),
         "plan_hash": np.asarray(plan.hash),
+        # what these results belong to: finalize takes them only for this lut and this output
+        "lut_inputs": np.asarray(str(table.attrs.get("inputs"))),
+        "output_id": np.asarray(str(current["output_id"])),
     }
     path = Path(out) if out is not None else plan.stats_dir / stats_name(ids)
     if path.suffix != ".npz":  # a directory (created if needed)

@@ -36,10 +36,10 @@ import numpy as np
 from .._core import contingency
 from ..errors import InputError
 from ..grid import BlockGrid, SlabKey, parse_block_ids
-from ..manifests import block_label_count, read_manifests, require_manifests
+from ..manifests import block_label_count, digest, piece, read_manifests, require_manifests
 from ..plan import Plan
 from ..storage.files import atomic_write_npz
-from ..storage.staging import Staging
+from ..storage.staging import Staging, slab_name
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,20 @@ class _SlabCache:
     """Face slabs of the blocks a batch touches, read once per task while they
     may still be needed (bounded: memory must not grow with the batch)."""
 
-    def __init__(self, staging: Staging, capacity: int = 256) -> None:
+    def __init__(self, staging: Staging, manifests: dict[int, dict], capacity: int = 256) -> None:
         self.staging = staging
+        self.manifests = manifests
         self.capacity = capacity
         self.cache: dict[SlabKey, np.ndarray] = {}
 
+    def _expected(self, key: SlabKey) -> dict | None:
+        block, axis, side = key
+        return piece(self.manifests, block, slab_name(axis, side))
+
     def prefetch(self, keys: Iterable[SlabKey]) -> None:
-        """Read the missing ones of ``keys`` concurrently."""
+        """Read the missing ones of ``keys`` concurrently (each checked against its manifest)."""
         missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        for key, slab in zip(missing, self.staging.read_slabs(missing)):
+        for key, slab in zip(missing, self.staging.read_slabs(missing, [self._expected(k) for k in missing])):
             self._put(key, slab)
 
     def _put(self, key: SlabKey, slab: np.ndarray) -> None:
@@ -93,7 +98,7 @@ class _SlabCache:
     def get(self, block: int, axis: int, side: str) -> np.ndarray:
         key = (block, axis, side)
         if key not in self.cache:
-            self._put(key, self.staging.read_slab(block, axis, side))
+            self._put(key, self.staging.read_slab(block, axis, side, self._expected(key)))
         return self.cache[key]
 
     def forget_up_to(self, block: int) -> None:
@@ -159,8 +164,9 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
         needed.update(nb for nb, _ in plan.grid.neighbours(a, forward_only=True))
     require_manifests(plan, mans, sorted(needed), "face-pairs")
     staging = Staging(plan.staging_uri, plan.grid, plan.hash)
-    slabs = _SlabCache(staging)
+    slabs = _SlabCache(staging, mans)
     out_rows, out_count, out_iou = [], [], []
+    read_from: set[int] = set()
     for a in ids:
         n_a = block_label_count(plan, mans, a)
         if n_a == 0:
@@ -169,6 +175,7 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
                 for b, delta in plan.grid.neighbours(a, forward_only=True)]
         todo = [t for t in todo if t[2]]
         slabs.prefetch(key for b, delta, _ in todo for key in BlockGrid.slab_keys(a, b, delta))
+        read_from.update([a, *(b for b, _, _ in todo)] if todo else [])
         for b, delta, n_b in todo:
             la, lb, count, iou = pair_blocks(plan, slabs, a, b, delta, n_a, n_b)
             rows = np.empty((len(la), 4), np.uint64)
@@ -186,6 +193,8 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
         "overlap": np.concatenate(out_count) if out_count else np.zeros(0, np.uint64),
         "iou": np.concatenate(out_iou) if out_iou else np.zeros(0, np.float32),
         "blocks": np.asarray(ids, np.int64),
+        # the segmentation the pairs come from: (block, manifest digest) of every block read
+        "digests": np.array([[b, digest(mans[b])] for b in sorted(read_from)], np.uint64).reshape(-1, 2),
         "plan_hash": np.asarray(plan.hash),
         "rule": np.asarray(plan.rule),
     })

@@ -1,9 +1,12 @@
 """finalize: regions table, run summary, and publishing the output.
 
 Everything before this step writes into the work directory.  ``finalize``
-checks that every block was relabelled, writes the regions table and the
-summary, then moves the finished label image and the report into place, so
-a failed run never leaves anything at the output path.
+checks that every block was relabelled with the current lut into the current
+output, writes the regions table and the summary, stamps the label image as
+complete, then moves it and the report into place, so a failed run never
+leaves anything at the output path.  Run again after a kill (even one after
+the label image was published), it finishes the same way: it recognises its
+own published output and publishes the report.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, StagingError
 from ..plan import Plan
 from ..report.qc import pictures as qc_pictures, seam_qc
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
 from ..report.summary import trace_timings, write_reports
-from ..storage.files import atomic_write_json, remove_path, replace_tree
+from ..storage.files import DirectoryLock, atomic_write_json, read_json, remove_path, replace_tree
 from ..storage.images import open_image
-from ..storage.labels import LabelOutput, publish
+from ..storage.labels import (
+    LabelOutput, check_replaceable, is_published, mark_complete, publish, remove_partial_files,
+)
 from ..storage.lut import Lut
 
 log = logging.getLogger(__name__)
@@ -42,19 +47,36 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    with DirectoryLock(plan.work_dir):
+        return _finalize(plan, t0, lut=lut, stats=stats, overwrite=overwrite, extra=extra, trace=trace,
+                         qc_faces=qc_faces, pictures=pictures, grid=grid)
+
+
+def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, extra: dict | None, trace: Any,
+              qc_faces: int | None, pictures: bool, grid: bool) -> dict:
     table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
+    output, report = Path(plan.output), Path(plan.report_dir)
+    published = is_published(output, plan.hash)
+    if not published and (output.exists() or output.is_symlink()):
+        check_replaceable(output, overwrite)
+    if report.exists() and not _own_report(report, plan.hash):
+        check_replaceable_report(report, overwrite)
+    current = read_json(plan.output_id_path, "output id")
+    if current.get("lut_inputs") != table.attrs.get("inputs"):
+        raise StagingError(f"The partial output {plan.partial_output} was created for another lut than "
+                           f"{table.uri}: run resolve and apply-lut again.")
     n_objects = table.n_objects
     offsets = table.offsets[:]
     counts = np.diff(offsets)
     needed = {int(b) for b in np.flatnonzero(counts)}
-    rows = read_block_stats(plan, stats, n_objects, needed)
+    rows = read_block_stats(plan, stats, n_objects, needed,
+                            made_with={"lut_inputs": str(table.attrs.get("inputs")),
+                                       "output_id": str(current["output_id"])})
     merged = merge_regions(rows, n_objects)
     cols = regions_columns(merged, plan.axes, plan.voxel_size)
-
-    output, report = Path(plan.output), Path(plan.report_dir)
-    for target in (output, report):
-        if target.exists() and not overwrite:
-            raise OutputExistsError(f"{target} exists. Expected a new path, or --overwrite to replace it.")
+    if n_objects == 0:
+        log.warning("no objects were found (backend %s): the image may hold no values above the threshold, or "
+                    "no finite values; check the backend's settings and --channel", plan.backend.get("name"))
 
     staged = plan.report_staging
     remove_path(staged)
@@ -89,7 +111,10 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
-    output_levels = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash).levels
+    labels_uri = str(output) if published else plan.partial_output
+    if not published:
+        remove_partial_files(labels_uri)  # what a killed apply-lut left: never published
+    output_levels = LabelOutput.open(labels_uri, plan.label_layout(), plan.hash).levels
     summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
     if summary["seam_qc"]["flagged"]:
         log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s)",
@@ -109,9 +134,36 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     atomic_write_json(staged / "summary.json", summary)
     write_reports(staged, summary, made)
 
-    publish(plan.partial_output, plan.output, plan.label_layout(), overwrite)
+    if not published:
+        mark_complete(plan.partial_output, plan.request_digest)
+    publish(plan.partial_output, plan.output, plan.label_layout(), plan.hash, overwrite)
     if report.exists():
         remove_path(report)
     replace_tree(staged, report)
     log.info("wrote %d objects to %s (report in %s)", n_objects, output, report)
     return summary
+
+
+def _own_report(report: Path, plan_hash: str) -> bool:
+    """Whether ``report`` is the report of this plan (a rerun after a kill)."""
+    try:
+        return read_json(report / "summary.json", "summary").get("plan_hash") == plan_hash
+    except Exception:  # missing or unreadable: not known to be ours
+        return False
+
+
+def check_replaceable_report(report: Path, overwrite: bool) -> None:
+    """An existing report directory is replaced only with ``overwrite`` and only
+    when pystitch wrote it (it holds pystitch's summary.json)."""
+    if not overwrite:
+        raise OutputExistsError(f"The report directory {report} exists. Expected a new path, or --overwrite to "
+                                "replace it.")
+    try:
+        ours = "pystitch" in read_json(report / "summary.json", "summary")
+    except Exception:
+        ours = False
+    if not ours:
+        raise OutputExistsError(
+            f"The report directory {report} exists and was not written by pystitch (no pystitch summary.json in "
+            "it): it is never removed, even with --overwrite. Expected another --report-dir, or remove it yourself."
+        )

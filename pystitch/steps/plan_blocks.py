@@ -21,9 +21,13 @@ import numpy as np
 from ..backends import Backend, make_backend
 from ..errors import InputError, OutputExistsError, PlanMismatchError, StagingError
 from ..grid import parse_shape
-from ..plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_work_dir, output_stem
+from ..plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_work_dir, run_stem
+from ..storage.files import DirectoryLock, check_writable, contains, real
 from ..storage.images import ImageSource, ImageSpec, absolute_uri, is_url, open_image
-from ..storage.labels import OUTPUT_FORMATS, image_pyramid_factors, ngff_version_of, pyramid_factors
+from ..storage.labels import (
+    OUTPUT_FORMATS, check_replaceable, image_pyramid_factors, is_published, ngff_version_of, pyramid_factors,
+    read_marker,
+)
 from ..storage.staging import create_staging
 
 log = logging.getLogger(__name__)
@@ -85,12 +89,40 @@ def plan_blocks(
     spec = image if isinstance(image, ImageSpec) else ImageSpec(
         uri=image, array_path=array_path, level=level, channel=channel,
         channel_axis=channel_axis, timepoint=timepoint)
+    output = absolute_uri(output)
+    if is_url(output):
+        raise InputError(f"Expected a local output path. Got {output} instead (object stores are not supported yet).")
+    wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
+    with DirectoryLock(wd):
+        return _plan(spec, output, wd, block_shape=block_shape, halo=halo, backend=backend, rule=rule,
+                     min_iou=min_iou, label_dtype=label_dtype, report_dir=report_dir, overwrite=overwrite,
+                     skip_empty=skip_empty, stats_level=stats_level, map_tasks=map_tasks,
+                     backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
+                     pyramid_levels=pyramid_levels, memory_gb=memory_gb)
+
+
+class AlreadyDone(OutputExistsError):
+    """The output already holds the finished labels of these settings."""
+
+    def __init__(self, output: str, report_dir: str) -> None:
+        super().__init__(
+            f"The output {output} already holds the finished labels of this image with these settings: nothing "
+            "to do. Expected another output, or --overwrite to compute them again.")
+        self.output = output
+        self.report_dir = report_dir
+
+
+def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
+          min_iou: float | None, label_dtype: str, report_dir: Any, overwrite: bool, skip_empty: bool | str,
+          stats_level: int | None, map_tasks: TaskMap | None, backend_options: dict | None, output_format: str,
+          ngff_version: str | None, pyramid_levels: int | None, memory_gb: float | None) -> Plan:
     source = open_image(spec, cache=False)
     try:
         ndim = source.ndim
-        output = absolute_uri(output)
-        if is_url(output):
-            raise InputError(f"Expected a local output path. Got {output} instead (object stores are not supported yet).")
+        if not all(source.shape):
+            axis = source.axes[list(source.shape).index(0)]
+            raise InputError(f"Expected an image with at least one voxel on every axis. Got shape {source.shape} "
+                             f"(axis {axis} is empty) in {source.describe()}.")
         be = make_backend(backend, ndim, **(backend_options or {})).adapt(source)
         if halo is None:
             halo_t = be.default_halo(ndim, source.voxel_size)
@@ -104,29 +136,38 @@ def plan_blocks(
             log.info("block shape auto: %s for %.1f GB per task", block, budget / 1e9)
         else:
             block = parse_shape(block_shape, ndim, "block_shape")
+        block, halo_t = clip_to_image(block, halo_t, source.shape)
         rule = rule or be.default_rule
         label_name, ngff, pyramid = _output_layout(source, output, block, output_format, ngff_version,
                                                    pyramid_levels)
-        # labels inside the input image: report and work dir next to the image, not inside it
-        stem = output if not label_name else f"{output_stem(spec.uri)}_{label_name}"
-        wd = absolute_uri(work_dir) if work_dir else default_work_dir(stem)
-        rd = absolute_uri(report_dir) if report_dir else default_report_dir(stem)
-        if Path(output).exists() and not overwrite:
-            raise OutputExistsError(f"The output {output} exists. Expected a new path, or --overwrite to replace it.")
+        rd = absolute_uri(report_dir) if report_dir else default_report_dir(run_stem(spec.uri, output))
+        check_locations(spec.uri, output, wd, rd, into_image=label_name is not None)
+        for path, what in ((output, "output"), (wd, "work directory"), (rd, "report directory")):
+            check_writable(path, what)
         draft = Plan(
             image=spec, shape=source.shape, dtype=str(source.dtype), axes=source.axes,
             block_shape=block, halo=halo_t, backend={"name": be.name, **be.params()}, rule=rule,
             min_iou=DEFAULT_MIN_IOU if min_iou is None else float(min_iou), label_dtype=str(label_dtype),
-            work_dir=wd, output=output, report_dir=rd, voxel_size=source.voxel_size, unit=source.unit, output_format=output_format,
-            ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
+            work_dir=wd, output=output, report_dir=rd, voxel_size=source.voxel_size, unit=source.unit,
+            output_format=output_format, ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
         )
         request = {"backend": draft.backend, "scan": sorted(scan_needs(be, skip_empty)), "stats_level": stats_level}
+        requested = replace(draft, stats={"requested": request})
         existing = Path(wd) / "plan.json"
+        old = _load_quietly(existing) if existing.exists() else None
+        if old is not None and old.requested() == requested.requested():
+            # resume; a finished output of this plan (killed after publishing) is recognised
+            if Path(output).exists() and not is_published(output, old.hash):
+                check_replaceable(Path(output), overwrite)
+            log.info("work dir %s already holds this plan (%s): resuming", wd, old.hash[:12])
+            return old
+        if Path(output).exists() or Path(output).is_symlink():
+            marker = read_marker(output)
+            if marker and marker.get("complete") and marker.get("request") == requested.request_digest \
+                    and not overwrite:
+                raise AlreadyDone(output, rd)
+            check_replaceable(Path(output), overwrite)
         if existing.exists():
-            old = _load_quietly(existing)
-            if old is not None and _requested(old) == (draft.to_dict(), request):
-                log.info("work dir %s already holds this plan (%s): resuming", wd, old.hash[:12])
-                return old
             if not overwrite:
                 raise OutputExistsError(
                     f"The work directory {wd} holds a different plan. Expected an empty work directory, "
@@ -146,6 +187,46 @@ def plan_blocks(
     log.info("planned %d blocks (grid %s, block %s, halo %s, %d empty) for %s -> %s",
              plan.n_blocks, plan.grid.counts, plan.block_shape, plan.halo, len(plan.empty_blocks), spec.uri, output)
     return plan
+
+
+def clip_to_image(block: tuple[int, ...], halo: tuple[int, ...], shape: tuple[int, ...]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A block larger than the image is the image; on an axis cut into one block
+    the halo has nothing to overlap and only needs to stay below the block.
+
+    >>> clip_to_image((1000, 64), (8, 4), (64, 128))
+    ((64, 64), (8, 4))
+    >>> clip_to_image((32, 32), (18, 18), (10, 100))
+    ((10, 32), (9, 18))
+    """
+    clipped = tuple(min(b, n) for b, n in zip(block, shape))
+    halo = tuple(min(h, max(b - 1, 0)) if b >= n else h for h, b, n in zip(halo, clipped, shape))
+    if clipped != tuple(block):
+        log.info("block shape %s clipped to the image: %s", tuple(block), clipped)
+    return clipped, halo
+
+
+def check_locations(image: str, output: str, work_dir: str, report_dir: str, *, into_image: bool) -> None:
+    """Input, output, work and report directories must be separate places: none
+    the same as another or inside another (so a run can never write into, or
+    --overwrite remove, what it reads).  The one exception is the labels of an
+    OME-Zarr image written inside it (``<image>/labels/<name>``)."""
+    places = [("input image", image), ("output", output), ("work directory", work_dir),
+              ("report directory", report_dir)]
+    for i, (name_a, a) in enumerate(places):
+        for name_b, b in places[i + 1:]:
+            if is_url(a) or is_url(b):
+                continue
+            if into_image and {name_a, name_b} == {"input image", "output"}:
+                continue
+            if contains(a, b) or contains(b, a):
+                same = real(a) == real(b)
+                inner, outer = ((name_b, b), (name_a, a)) if contains(a, b) else ((name_a, a), (name_b, b))
+                relation = "is the same path as" if same else "lies inside"
+                raise InputError(
+                    f"The {inner[0]} {inner[1]} {relation} the {outer[0]} {outer[1]}. Expected separate places: "
+                    "pystitch never writes into, or removes, what it reads."
+                )
 
 
 def _memory_budget(memory_gb: float | None) -> int:
@@ -202,15 +283,6 @@ def _load_quietly(path: Path) -> "Plan | None":
         return Plan.load(path)
     except (PlanMismatchError, StagingError, InputError):
         return None
-
-
-def _requested(plan: Plan) -> tuple[dict, dict | None]:
-    """The plan as it was requested, before the image scan resolved it."""
-    request = plan.stats.get("requested")
-    if not request:
-        return plan.to_dict(), None
-    draft = replace(plan, backend=request["backend"], empty_blocks=(), stats={})
-    return draft.to_dict(), request
 
 
 # --------------------------------------------------------------------------- image scan

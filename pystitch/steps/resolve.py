@@ -18,8 +18,12 @@ the number of objects decides.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -28,10 +32,10 @@ import numpy as np
 from .._core import union_find, union_find_dense
 from .._version import __version__
 from ..errors import InputError, LabelOverflowError, StagingError
-from ..manifests import block_label_count, read_manifests, require_manifests
+from ..manifests import block_label_count, check_digests, digest, piece, read_manifests, require_manifests
 from ..plan import Plan
-from ..storage.files import atomic_write_json, check_plan_hash, read_npz, step_files
-from ..storage.labels import LabelOutput
+from ..storage.files import atomic_write_json, check_plan_hash, read_json, read_npz, step_files
+from ..storage.labels import LabelOutput, is_published
 from ..storage.lut import LUT_CHUNK, Lut, write_lut
 
 log = logging.getLogger(__name__)
@@ -108,13 +112,18 @@ def choose_dtype(label_dtype: str, n_final: int) -> np.dtype:
 # --------------------------------------------------------------------------- pairs files
 
 
-def read_pairs(plan: Plan, sources: Any) -> tuple[list[np.ndarray], set[int]]:
-    """Load pairs files (a directory, files, or a list of both).  Returns the
-    (M, 4) arrays and the set of blocks they cover."""
+def read_pairs(plan: Plan, sources: Any, manifests: dict[int, dict] | None = None
+               ) -> tuple[list[np.ndarray], set[int], str]:
+    """Load pairs files (a directory, files, or a list of both), checked against
+    the current ``manifests``.  Returns the (M, 4) arrays, the set of blocks
+    they cover and a digest of their content."""
     arrays, covered = [], set()
+    content = hashlib.sha256()
     for path in step_files(sources, plan.pairs_dir, "pairs-*.npz"):
         data = read_npz(path, "pairs file", ["pairs", "blocks", "plan_hash"])
         check_plan_hash(data["plan_hash"], plan.hash, path)
+        if manifests is not None:
+            check_digests(plan, manifests, data.get("digests"), f"The pairs file {path}", "face-pairs")
         pairs = data["pairs"]
         if pairs.ndim != 2 or pairs.shape[1] != 4 or pairs.dtype != np.uint64:
             raise StagingError(f"{path}: expected pairs as an (M, 4) uint64 array. Got {pairs.dtype} {pairs.shape}.")
@@ -124,7 +133,9 @@ def read_pairs(plan: Plan, sources: Any) -> tuple[list[np.ndarray], set[int]]:
             raise StagingError(f"{path} repeats the pairs of block(s) {sorted(dup)[:10]} found in another file.")
         covered |= blocks
         arrays.append(pairs)
-    return arrays, covered
+        content.update(np.ascontiguousarray(data["blocks"], np.int64).tobytes())
+        content.update(np.ascontiguousarray(pairs).tobytes())
+    return arrays, covered, content.hexdigest()
 
 
 def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any = None,
@@ -141,7 +152,7 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
     np.cumsum(counts, out=offsets[1:])
     n_prov = int(offsets[-1])
 
-    arrays, covered = read_pairs(plan, pairs)
+    arrays, covered, pairs_digest = read_pairs(plan, pairs, mans)
     needed = {b for b in range(plan.n_blocks) if counts[b] > 0}
     missing = sorted(needed - covered)
     if missing:
@@ -150,17 +161,31 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
             f"resolve needs the pairs of every non-empty block; {len(missing)} have none: {shown}. "
             "Run face-pairs for them first."
         )
+    # what the lut is computed from: the segmentation of every block and every pair
+    inputs = hashlib.sha256(json.dumps(
+        [plan.hash, [[b, digest(mans[b])] for b in sorted(mans)], pairs_digest]).encode()).hexdigest()
+    uri = str(out) if out is not None else plan.lut_uri
+    done = _already_resolved(plan, uri, inputs)
+    if done is not None:
+        log.info("the lut of these manifests and pairs exists (%s): nothing to do", uri)
+        return done
+
     rows = np.concatenate(arrays) if arrays else np.zeros((0, 4), np.uint64)
     prov = _provisional(plan, rows, counts, offsets)
     chunks, n_final, merges = final_lut(n_prov, prov)
     dtype = choose_dtype(plan.label_dtype, n_final)
+    voxels = np.array([int((piece(mans, b, "core") or {"voxels": 0})["voxels"]) if counts[b] else 0
+                       for b in range(plan.n_blocks)], np.uint64)
 
-    uri = str(out) if out is not None else plan.lut_uri
     attrs = {"plan_hash": plan.hash, "n_objects": n_final, "n_provisional": n_prov,
-             "merges": merges, "pairs": int(len(rows)), "pystitch": __version__}
-    # the output is created here because only now is its dtype known
+             "merges": merges, "pairs": int(len(rows)), "pystitch": __version__, "inputs": inputs}
+    # the output is created here because only now is its dtype known; a new
+    # output gets a new id, which apply-lut records: its results written into
+    # an earlier output are never taken for this one's
     LabelOutput.create(plan.partial_output, plan.label_layout(), dtype, plan.hash)
-    write_lut(uri, chunks, n_prov + 1, offsets, dtype, attrs)
+    write_lut(uri, chunks, n_prov + 1, offsets, dtype, attrs, extra={"voxels": voxels})
+    atomic_write_json(plan.output_id_path, {"plan_hash": plan.hash, "output_id": uuid.uuid4().hex,
+                                            "lut_inputs": inputs})
     summary = {
         "plan_hash": plan.hash, "objects": n_final, "provisional_objects": n_prov, "merges": merges,
         "pairs": int(len(rows)), "blocks": plan.n_blocks,
@@ -172,6 +197,29 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
     log.info("resolved %d provisional ids with %d pairs into %d objects (%d merges, %s)",
              n_prov, len(rows), n_final, merges, dtype.name)
     return summary
+
+
+def _already_resolved(plan: Plan, uri: str, inputs: str) -> dict | None:
+    """The summary of an earlier resolve of the same inputs whose output is still
+    usable (being written, or already published by finalize); None otherwise."""
+    try:
+        lut = Lut.open(uri, plan.hash)
+    except StagingError:
+        return None
+    if lut.attrs.get("inputs") != inputs:
+        return None
+    try:
+        current = read_json(plan.output_id_path, "output id")
+    except StagingError:
+        current = None
+    partial_ok = current is not None and current.get("lut_inputs") == inputs and Path(plan.partial_output).exists()
+    if not partial_ok and not is_published(plan.output, plan.hash):
+        return None
+    summary_path = Path(uri).with_name("resolve.json")
+    try:
+        return read_json(summary_path, "resolve summary")
+    except StagingError:
+        return {"plan_hash": plan.hash, "objects": lut.n_objects, "dtype": lut.dtype.name}
 
 
 def _provisional(plan: Plan, rows: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from ..grid import parse_block_ids
 from ..manifests import local_manifest_valid, write_manifest
 from ..plan import Plan
 from ..storage.images import ImageSource, open_image
-from ..storage.staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging
+from ..storage.staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging, piece_record
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,11 @@ def store_labels(plan: Plan, staging: Staging, block: int, labels: Any, manifest
     labels = check_labels(labels, [e.stop - e.start for e in ext], where)
     core_in_ext = grid.within(grid.core(block), ext)
     local, n, m = renumber_local(labels, core_in_ext, where)
-    staging.write_pieces(block, staging.block_pieces(block, local, ext))
-    fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0,
-                  foreground_voxels=int(np.count_nonzero(local[core_in_ext])))
+    pieces = staging.block_pieces(block, local, ext)
+    staging.write_pieces(block, pieces)
+    records = {name: piece_record(data) for name, data in pieces}
+    fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0, foreground_voxels=records["core"]["voxels"],
+                  pieces=records)
     write_manifest(manifest_dir, plan, block, **fields)
     return fields
 

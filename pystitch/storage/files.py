@@ -127,3 +127,116 @@ def remove_path(path: str | os.PathLike) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def real(path: str | os.PathLike) -> Path:
+    """The absolute path with symlinks resolved (for comparing places, not for messages)."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def contains(outer: str | os.PathLike, inner: str | os.PathLike) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it (symlinks resolved)."""
+    a, b = real(outer), real(inner)
+    return a == b or a in b.parents
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, a path that cannot be created: its nearest
+    existing ancestor must be a writable directory and the name not too long."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != path and not probe.is_dir():
+        raise StagingError(f"Cannot create the {what} {path}: {probe} is a file, not a directory (ENOTDIR).")
+    if not os.access(probe if probe.is_dir() else probe.parent, os.W_OK | os.X_OK):
+        raise StagingError(f"Cannot write the {what} {path}: {probe} is not writable (EACCES or a read-only "
+                           "filesystem). Expected a writable location.")
+    limit = os.pathconf(probe if probe.is_dir() else probe.parent, "PC_NAME_MAX")
+    long = [part for part in path.parts if len(part.encode()) > limit]
+    if long:
+        raise StagingError(f"Cannot create the {what} {path}: the name {long[0][:40]}... is longer than "
+                           f"{limit} bytes (ENAMETOOLONG).")
+
+
+# --------------------------------------------------------------------------- locks
+
+LOCK_NAME = ".pystitch.lock"
+#: locks this process holds: path -> [open file, how many times acquired]
+_HELD: dict[Path, list] = {}
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory for the time one run uses it.
+
+    A second run that asks for it fails at once with a message naming the
+    holder (process, host, start time, command).  Within one process the lock
+    is re-entrant (the runner holds it for the whole run, the steps it calls
+    take it again).  Where the filesystem has no locks (some parallel
+    filesystems), a warning is logged and the run goes on unlocked.
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "work directory") -> None:
+        self.directory = Path(directory)
+        self.what = what
+        self.path = real(directory) / LOCK_NAME
+        self._fh: Any = None
+
+    def acquire(self) -> "DirectoryLock":
+        import fcntl
+        import socket
+        import sys
+        import time
+
+        held = _HELD.get(self.path)
+        if held is not None:
+            held[1] += 1
+            self._fh = held[0]
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise StagingError(f"The {self.what} {self.directory} is in use by {holder}. Expected one run per "
+                               f"{self.what}: wait for it to finish, or use another output / --work-dir.") from None
+        except OSError as exc:  # no locks on this filesystem
+            import logging
+
+            logging.getLogger(__name__).warning("could not lock %s (%s): running without a lock", self.path, exc)
+            fh.close()
+            return self
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                 f"({' '.join(sys.argv[:1] + sys.argv[1:3])[:200]})\n")
+        fh.flush()
+        self._fh = fh
+        _HELD[self.path] = [fh, 1]
+        return self
+
+    def release(self) -> None:
+        """Unlock.  The file stays (removing it could let two later runs lock
+        two different files); whoever cleans the directory removes it."""
+        if self._fh is not None:
+            held = _HELD.get(self.path)
+            if held is not None:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _HELD[self.path]
+                    self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

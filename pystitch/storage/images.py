@@ -341,11 +341,20 @@ def _axis_names(ms: dict, ndim: int) -> tuple[str, list[str | None]]:
     return "".join(names), units
 
 
-def _scale_of(transforms: list | None, ndim: int) -> np.ndarray:
+def _scale_of(transforms: list | None, ndim: int, where: str = "the metadata") -> np.ndarray:
     scale = np.ones(ndim)
     for t in transforms or []:
         if t.get("type") == "scale" and "scale" in t:
-            scale = scale * np.asarray(t["scale"], dtype=float)
+            try:
+                values = np.asarray(t["scale"], dtype=float)
+            except (TypeError, ValueError):
+                raise InputError(f"Expected numbers in the scale of {where}. Got {t['scale']!r} instead.") from None
+            if values.shape != (ndim,):
+                raise InputError(f"Expected a scale with {ndim} values (one per axis) in {where}. "
+                                 f"Got {t['scale']!r} instead.")
+            if not np.all(np.isfinite(values)) or np.any(values <= 0):
+                raise InputError(f"Expected scale values > 0 in {where}. Got {t['scale']!r} instead.")
+            scale = scale * values
     return scale
 
 
@@ -368,8 +377,9 @@ def _from_multiscales(spec: ImageSpec, group: zarr.Group, multiscales: list) -> 
             f"OME-Zarr metadata of {spec.uri} lists {len(axes)} axes ({axes}) but level {level} has "
             f"{array.ndim} dimensions."
         )
-    scale = _scale_of(datasets[level].get("coordinateTransformations"), array.ndim)
-    scale = scale * _scale_of(ms.get("coordinateTransformations"), array.ndim)
+    where = f"the OME-Zarr metadata of {spec.uri} (level {level})"
+    scale = _scale_of(datasets[level].get("coordinateTransformations"), array.ndim, where)
+    scale = scale * _scale_of(ms.get("coordinateTransformations"), array.ndim, where)
     spatial = [i for i, a in enumerate(axes) if a in SPATIAL_AXES]
     voxel = tuple(float(scale[i]) for i in spatial)
     unit_set = {units[i] for i in spatial if units[i]}
@@ -459,6 +469,11 @@ def _make_source(spec: ImageSpec, array: Any, axes: str, voxel: tuple | None, un
                     "axes z, y, x plus optional c and t."
                 )
             index.append(0)
+    if spec.timepoint is not None and "t" not in axes:
+        raise InputError(
+            f"--timepoint was given but {where} has no time axis (axes {axes}). Expected --timepoint only for "
+            "images with a t axis."
+        )
     if spec.channel is not None and "c" not in axes:
         raise InputError(
             f"--channel was given but {where} has no channel axis (axes {axes}); give --channel-axis for "

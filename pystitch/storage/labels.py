@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -223,28 +224,87 @@ class LabelOutput:
         write_concurrently(writes)
 
 
+def read_marker(uri: str | Path) -> dict | None:
+    """pystitch's marker of a label image it wrote (``{"plan_hash", "version",
+    "complete", ...}``); None when ``uri`` is not a zarr store pystitch wrote."""
+    if not Path(uri).exists():
+        return None
+    try:
+        node = zarr.open(store=str(uri), mode="r")
+    except Exception:  # not zarr, damaged: not ours to judge
+        return None
+    marker = dict(node.attrs).get("pystitch")
+    return marker if isinstance(marker, dict) and "plan_hash" in marker else None
+
+
+def is_published(uri: str | Path, plan_hash: str) -> bool:
+    """Whether ``uri`` holds the finished label image of this plan."""
+    marker = read_marker(uri)
+    return bool(marker and marker.get("plan_hash") == plan_hash and marker.get("complete"))
+
+
+def mark_complete(uri: str, request: str) -> None:
+    """Stamp a finished label image (before it is published): the settings it
+    was requested with, so that a later run with the same settings knows it."""
+    node = zarr.open(store=uri, mode="r+")
+    marker = dict(dict(node.attrs).get("pystitch", {}))
+    marker.update(complete=True, request=request)
+    node.attrs["pystitch"] = marker
+
+
+def remove_partial_files(uri: str | Path) -> int:
+    """Delete the temporary chunk files a killed writer of this store left
+    (``<chunk>.<32 hex digits>.partial``, zarr's own naming); returns how many."""
+    pattern = re.compile(r".+\.[0-9a-f]{32}\.partial$")
+    removed = 0
+    for path in Path(uri).rglob("*.partial"):
+        if pattern.fullmatch(path.name) and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def read_level(uri: str, level: int = 0) -> zarr.Array:
     node = zarr.open(store=uri, mode="r")
     return node if isinstance(node, zarr.Array) else node[str(level)]
 
 
-def publish(partial: str, target: str | Path, layout: LabelLayout, overwrite: bool) -> Path:
+def publish(partial: str, target: str | Path, layout: LabelLayout, plan_hash: str, overwrite: bool) -> Path:
     """Move the finished partial output to ``target`` (atomically where the
-    filesystem allows) and, for labels inside an image, list them there."""
+    filesystem allows) and, for labels inside an image, list them there.
+
+    An existing ``target`` is replaced only with ``overwrite`` and only when
+    pystitch wrote it (it carries pystitch's marker); one that already holds
+    this plan's finished output is kept as it is (a rerun after a kill)."""
     target = Path(target)
-    if target.exists():
-        if not overwrite:
-            raise OutputExistsError(f"{target} exists. Expected a new path, or --overwrite to replace it.")
-        remove_path(target)
-    replace_tree(partial, target)
+    if is_published(target, plan_hash):
+        if Path(partial).exists():
+            remove_path(partial)
+    else:
+        if target.exists() or target.is_symlink():
+            check_replaceable(target, overwrite)
+            remove_path(target)
+        replace_tree(partial, target)
     if layout.label_name:
         labels = zarr.open_group(store=str(target.parent), mode="a",
                                  zarr_format=2 if layout.ngff_version == "0.4" else 3)
         listed = list(_read_ome_attrs(labels).get("labels", []))
         if layout.label_name not in listed:
             listed.append(layout.label_name)
-        _set_ome_attrs(labels, layout.ngff_version, {"labels": listed})
+            _set_ome_attrs(labels, layout.ngff_version, {"labels": listed})
     return target
+
+
+def check_replaceable(target: Path, overwrite: bool) -> None:
+    """An existing output may be replaced only with ``overwrite`` and only when
+    pystitch wrote it: nothing pystitch did not write is ever removed."""
+    if not overwrite:
+        raise OutputExistsError(f"The output {target} exists. Expected a new path, or --overwrite to replace it.")
+    if read_marker(target) is None:
+        raise OutputExistsError(
+            f"The output {target} exists and was not written by pystitch (it has no pystitch marker): it is "
+            "never removed, even with --overwrite. Expected another output path, or remove it yourself."
+        )
 
 
 def ngff_version_of(uri: str) -> str | None:

@@ -22,9 +22,11 @@ LUT_CHUNK = 1 << 18
 
 
 def write_lut(uri: str, pieces: Iterable[np.ndarray], n_entries: int, offsets: np.ndarray, dtype: np.dtype,
-              attrs: dict) -> None:
+              attrs: dict, extra: dict[str, np.ndarray] | None = None) -> None:
     """Write a complete lut store at ``uri``: ``pieces`` are consecutive parts of
-    the lut (``n_entries`` in all).  Atomic: the store appears only when whole."""
+    the lut (``n_entries`` in all); ``extra`` small per-block arrays (e.g. the
+    foreground voxels each block's core must hold).  Atomic: the store
+    appears only when whole."""
     tmp = f"{uri.rstrip('/')}.incomplete"
     remove_path(tmp)
     group = zarr.open_group(store=tmp, mode="w", attributes={**attrs, "dtype": np.dtype(dtype).name})
@@ -35,6 +37,9 @@ def write_lut(uri: str, pieces: Iterable[np.ndarray], n_entries: int, offsets: n
         pos += len(piece)
     group.create_array(name="offsets", shape=offsets.shape, chunks=(max(1, len(offsets)),), dtype=np.uint64,
                        fill_value=0)[:] = offsets
+    for name, values in (extra or {}).items():
+        group.create_array(name=name, shape=values.shape, chunks=(max(1, len(values)),), dtype=values.dtype,
+                           fill_value=0)[:] = values
     remove_path(uri)
     os.replace(tmp, uri)
 
@@ -47,6 +52,8 @@ class Lut:
         self.uri = uri
         self.lut = group["lut"]
         self.offsets = group["offsets"][:]  # one entry per block: read once, not per block
+        #: foreground voxels of each block's core, from its manifest (None: not recorded)
+        self.voxels = group["voxels"][:] if "voxels" in group else None
         self.attrs = dict(group.attrs)
         self.dtype = np.dtype(self.attrs["dtype"])
         self._chunks: dict[int, np.ndarray] = {}

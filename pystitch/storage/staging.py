@@ -14,13 +14,18 @@ hash):
     These hold what the block predicted in its halo (ids ``n+1..m`` are
     objects seen only there) and are all ``face-pairs`` reads.
 
-What a block wrote is recorded in its manifest (:mod:`pystitch.manifests`),
-written after the chunks.
+Every chunk carries a CRC32C of its encoded bytes (verified by zarr on every
+read), and what a block wrote — the foreground voxels and a CRC32 of the
+labels of each piece — is recorded in its manifest (:mod:`pystitch.manifests`),
+written after the chunks.  Readers check the foreground count of what they
+read against it, so a damaged, deleted or foreign chunk is an error that
+names the block, never a silent change of the result.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import zlib
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -42,11 +47,18 @@ def slab_name(axis: int, side: str) -> str:
 def create_staging(uri: str, grid: BlockGrid, plan_hash: str) -> None:
     """Create an empty staging store for ``grid`` (replacing what ``uri`` held)."""
     group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash})
-    create_group_array(group, "core", grid.shape, grid.block, STAGING_DTYPE)
+    create_group_array(group, "core", grid.shape, grid.block, STAGING_DTYPE, checksum=True)
     for axis in grid.split_axes():
         for side in SIDES:
             create_group_array(group, slab_name(axis, side), grid.slab_store_shape(axis), grid.slab_shape(axis),
-                               STAGING_DTYPE)
+                               STAGING_DTYPE, checksum=True)
+
+
+def piece_record(data: np.ndarray) -> dict[str, int]:
+    """What a manifest records of one piece a block wrote: its foreground
+    voxels and a CRC32 of its labels."""
+    data = np.ascontiguousarray(data)
+    return {"voxels": int(np.count_nonzero(data)), "crc32": zlib.crc32(memoryview(data).cast("B"))}
 
 
 class Staging:
@@ -90,16 +102,55 @@ class Staging:
                 writes.append((self._slabs[axis, side], self.grid.slab_chunk(block, axis), data))
         write_concurrently(writes)
 
-    def read_slab(self, block: int, axis: int, side: str) -> np.ndarray:
-        return self._slabs[axis, side][self.grid.slab_chunk(block, axis)]
+    def chunk_path(self, block: int, name: str) -> str:
+        """Where the chunk of ``block`` in array ``name`` is stored (for messages)."""
+        return f"{self.uri.rstrip('/')}/{name}/c/" + "/".join(map(str, self.grid.index(block)))
 
-    def read_slabs(self, keys: Sequence[SlabKey]) -> list[np.ndarray]:
-        """Several (block, axis, side) slabs read concurrently."""
-        return read_concurrently([(self._slabs[axis, side], self.grid.slab_chunk(block, axis))
-                                  for block, axis, side in keys])
+    def _damaged(self, block: int, name: str, exc: BaseException) -> StagingError:
+        return StagingError(
+            f"The staging chunk {self.chunk_path(block, name)} of {self.grid.describe(block)} cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]}): it is damaged. Run segment-block for block {block} again."
+        )
 
-    def read_core(self, block: int) -> np.ndarray:
-        return self.core[self.grid.core(block)]
+    def _verify(self, block: int, name: str, data: np.ndarray, expected: dict | None) -> np.ndarray:
+        if expected is not None:
+            voxels = int(np.count_nonzero(data))
+            if voxels != expected["voxels"]:
+                state = "missing (it reads as background)" if voxels == 0 else "not the one this block wrote"
+                raise StagingError(
+                    f"The staging chunk {self.chunk_path(block, name)} of {self.grid.describe(block)} holds "
+                    f"{voxels} labelled voxels; its manifest recorded {expected['voxels']}: the chunk is {state}. "
+                    f"Run segment-block for block {block} again."
+                )
+        return data
+
+    def read_slab(self, block: int, axis: int, side: str, expected: dict | None = None) -> np.ndarray:
+        name = slab_name(axis, side)
+        try:
+            data = self._slabs[axis, side][self.grid.slab_chunk(block, axis)]
+        except Exception as exc:  # codec, checksum or storage errors come in many types
+            raise self._damaged(block, name, exc) from exc
+        return self._verify(block, name, data, expected)
+
+    def read_slabs(self, keys: Sequence[SlabKey], expected: Sequence[dict | None] | None = None
+                   ) -> list[np.ndarray]:
+        """Several (block, axis, side) slabs read concurrently, each checked
+        against ``expected`` (its manifest's record) when given."""
+        expected = list(expected) if expected is not None else [None] * len(keys)
+        try:
+            found = read_concurrently([(self._slabs[axis, side], self.grid.slab_chunk(block, axis))
+                                       for block, axis, side in keys])
+        except Exception:  # find which one, and say so
+            return [self.read_slab(*key, expected=e) for key, e in zip(keys, expected)]
+        return [self._verify(block, slab_name(axis, side), data, e)
+                for (block, axis, side), data, e in zip(keys, found, expected)]
+
+    def read_core(self, block: int, expected: dict | None = None) -> np.ndarray:
+        try:
+            data = self.core[self.grid.core(block)]
+        except Exception as exc:
+            raise self._damaged(block, "core", exc) from exc
+        return self._verify(block, "core", data, expected)
 
 
 def _parse_slab_name(name: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync
 
 
@@ -81,9 +81,12 @@ class WriteBehind:
 
 
 def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
-                       dtype: Any, attributes: dict | None = None) -> zarr.Array:
+                       dtype: Any, attributes: dict | None = None, checksum: bool = False) -> zarr.Array:
+    """A label array in ``group``; ``checksum`` adds a CRC32C of every encoded
+    chunk, which zarr verifies when it reads the chunk (a flipped byte is an
+    error, never other labels)."""
     return group.create_array(
         name=name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0, overwrite=True, compressors=[LABEL_CODEC],
-        attributes=attributes or {},
+        dtype=np.dtype(dtype), fill_value=0, overwrite=True,
+        compressors=[LABEL_CODEC, Crc32cCodec()] if checksum else [LABEL_CODEC], attributes=attributes or {},
     )
