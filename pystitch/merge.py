@@ -111,5 +111,5 @@ def merge(block_labels: Callable[[int, tuple[slice, ...]], Any] | Mapping[int, A
     apply_lut(plan, "all")
     summary = finalize(plan, overwrite=overwrite)
     if not keep_work:
-        plan.clean_work_dir()
+        plan.clean_work_dir(finished=True)
     return summary

@@ -228,17 +228,21 @@ class Plan:
         wd = Path(self.work_dir)
         return [self.plan_path, Path(self.staging_uri), self.manifest_dir, self.pairs_dir, Path(self.lut_uri),
                 Path(f"{self.lut_uri}.incomplete"), wd / "resolve.json", self.stats_dir, Path(self.partial_output),
-                self.output_id_path, self.report_staging, wd / LOCK_NAME]
+                self.output_id_path, self.report_staging]
 
-    def clean_work_dir(self) -> None:
-        """Remove what pystitch wrote into the work directory (and the directory
-        itself when nothing else is in it)."""
+    def clean_work_dir(self, finished: bool = False) -> None:
+        """Remove what pystitch wrote into the work directory.  When the run is
+        ``finished``, also its lock file and the directory itself when nothing
+        else is in it (a run in progress keeps its lock file: removing a locked
+        file would let a second run lock a new one)."""
         for path in self.owned_paths():
             remove_path(path)
-        try:
-            Path(self.work_dir).rmdir()
-        except OSError:
-            pass
+        if finished:
+            (Path(self.work_dir) / LOCK_NAME).unlink(missing_ok=True)
+            try:
+                Path(self.work_dir).rmdir()
+            except OSError:
+                pass
 
     # ---- geometry
 

@@ -35,7 +35,7 @@ from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
 from .manifests import digest, read_manifests
 from .plan import default_work_dir, run_stem
-from .steps.plan_blocks import AlreadyDone
+from .steps.plan_blocks import AlreadyDone, check_run_locations
 from .storage.files import DirectoryLock, read_json, read_npz
 from .storage.images import ImageSpec, absolute_uri
 from .storage.labels import is_published
@@ -233,6 +233,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
                      timepoint=timepoint)
     output = absolute_uri(output)
     wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
+    check_run_locations(spec.uri, output, wd, report_dir)
     # one run per work directory: a second one fails at once, naming this one
     with DirectoryLock(wd), Scheduler(workers, progress) as scheduler:
         t = time.perf_counter()
@@ -283,5 +284,5 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
                            extra={"workers": workers,
                                   "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
         if not keep_work:
-            plan.clean_work_dir()
+            plan.clean_work_dir(finished=True)
     return summary

@@ -27,7 +27,11 @@ def assert_sequential(labels: np.ndarray) -> None:
 
 
 def save(path: Path, data: np.ndarray, chunks=None, zarr_format: int = 3) -> str:
-    zarr.save_array(str(path), data, zarr_format=zarr_format, **({"chunks": chunks} if chunks else {}))
+    if chunks is None:
+        zarr.save_array(str(path), data, zarr_format=zarr_format)
+    else:
+        zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype, chunks=chunks,
+                          zarr_format=zarr_format, overwrite=True)[...] = data
     return str(path)
 
 

@@ -82,3 +82,21 @@ def killed_once(block: np.ndarray, marker: str = "") -> np.ndarray:
 
             os.kill(os.getpid(), signal.SIGKILL)
     return ndimage.label(block > 500)[0]
+
+
+def counting_threshold(block: np.ndarray, config: str = "") -> np.ndarray:
+    """Threshold at the value a JSON file holds now ({"threshold": T}): the same
+    block segments differently once the file changes (a re-run with other data)."""
+    import json
+
+    with open(config) as fh:
+        threshold = json.load(fh)["threshold"]
+    return ndimage.label(block > threshold)[0]
+
+
+def slow(block: np.ndarray, seconds: float = 0.5) -> np.ndarray:
+    """Threshold at 500, taking its time (a run that is still going)."""
+    import time
+
+    time.sleep(seconds)
+    return ndimage.label(block > 500)[0]

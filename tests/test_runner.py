@@ -114,7 +114,7 @@ def test_overwrite_only_removes_what_pystitch_wrote(tmp_path):
     plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=8, halo=2, work_dir=work, overwrite=True,
                                 backend_options={"threshold": 500})
     assert plan.halo == (2, 2, 2) and (work / "notes.txt").read_text() == "mine"
-    plan.clean_work_dir()
+    plan.clean_work_dir(finished=True)
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
 
 

@@ -148,12 +148,14 @@ def _colors(ids: np.ndarray) -> np.ndarray:
 
 def _gray(image: np.ndarray) -> np.ndarray:
     image = image.astype(np.float32)
-    if image.size == 0:
-        return image.astype(np.uint8)
-    lo, hi = np.percentile(image, [1, 99.8])
+    finite = np.isfinite(image)
+    if image.size == 0 or not finite.any():  # nothing to show: black
+        return np.zeros(image.shape, np.uint8)
+    lo, hi = np.percentile(image[finite], [1, 99.8])
     if hi <= lo:
         hi = lo + 1
-    return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    scaled = np.clip((np.where(finite, image, lo) - lo) / (hi - lo), 0, 1)
+    return (scaled * 255).astype(np.uint8)
 
 
 def outlines(labels2d: np.ndarray) -> np.ndarray:

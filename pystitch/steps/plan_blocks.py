@@ -93,6 +93,7 @@ def plan_blocks(
     if is_url(output):
         raise InputError(f"Expected a local output path. Got {output} instead (object stores are not supported yet).")
     wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
+    check_run_locations(spec.uri, output, wd, report_dir)
     with DirectoryLock(wd):
         return _plan(spec, output, wd, block_shape=block_shape, halo=halo, backend=backend, rule=rule,
                      min_iou=min_iou, label_dtype=label_dtype, report_dir=report_dir, overwrite=overwrite,
@@ -204,6 +205,15 @@ def clip_to_image(block: tuple[int, ...], halo: tuple[int, ...], shape: tuple[in
     if clipped != tuple(block):
         log.info("block shape %s clipped to the image: %s", tuple(block), clipped)
     return clipped, halo
+
+
+def check_run_locations(image: str, output: str, work_dir: str, report_dir: Any) -> None:
+    """:func:`check_locations` from the paths alone, before anything (even a lock)
+    is written: the work and report directories' defaults are derived here."""
+    rd = absolute_uri(report_dir) if report_dir else default_report_dir(run_stem(image, output))
+    into_image = run_stem(image, output) != output
+    check_locations(image, output, work_dir, rd, into_image=into_image)
+    check_writable(work_dir, "work directory")
 
 
 def check_locations(image: str, output: str, work_dir: str, report_dir: str, *, into_image: bool) -> None:

@@ -168,7 +168,10 @@ class BlockSegmenter:
         region = grid.extended(block, backend.context(plan.ndim))
         ext = grid.extended(block)
         crop = grid.within(ext, region)
-        data = self.source.read(region)
+        try:
+            data = self.source.read(region)
+        except InputError as exc:
+            raise InputError(f"{exc} (reading {grid.describe(block)})") from exc
         below = backend.empty_below()
         if below is not None and (data.size == 0 or float(data.max()) <= below):
             fields.update(n_labels=0, n_halo_labels=0, empty=True, foreground_voxels=0,

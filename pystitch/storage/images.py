@@ -141,16 +141,49 @@ class ImageSource:
             raise InputError(f"Expected {self.ndim} slices for a {self.ndim}-D image. Got {len(region)} instead.")
         it = iter(region)
         index = tuple(next(it) if s is None else s for s in self._index)
-        if any(isinstance(s, list) for s in index):
-            data = self.array.oindex[index]
-        elif self.cache is not None and self.cache.capacity > 0 and _regular_chunks(self.array) is not None:
-            data = self.cache.read(self.array, index)
-        else:
-            data = self.array[index]
-        data = np.asarray(data)
+        try:
+            if any(isinstance(s, list) for s in index):
+                data = self.array.oindex[index]
+            elif self.cache is not None and self.cache.capacity > 0 and _regular_chunks(self.array) is not None:
+                data = self.cache.read(self.array, index)
+            else:
+                data = self.array[index]
+            data = np.asarray(data)
+        except (InputError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # decoding and storage errors come in many types
+            raise self._unreadable(index, exc) from exc
         if self._channel_pos is not None:
             data = np.moveaxis(data, self._channel_pos, 0)
         return data
+
+    def _unreadable(self, index: tuple, exc: Exception) -> InputError:
+        """A one-line error naming the first chunk of ``index`` that cannot be read."""
+        chunks = _regular_chunks(self.array)
+        key = None
+        if chunks is not None:
+            spans = []
+            for ix, c, n in zip(index, chunks, self.array.shape):
+                if isinstance(ix, slice):
+                    start, stop, _ = ix.indices(n)
+                    spans.append(range(start // c, max(start // c + 1, -(-stop // c))))
+                elif isinstance(ix, list):
+                    spans.append(sorted({int(i) // c for i in ix}))
+                else:
+                    spans.append([int(ix) // c])
+            for coords in itertools.product(*spans):
+                box = tuple(slice(g * c, min((g + 1) * c, n)) for g, c, n in zip(coords, chunks, self.array.shape))
+                try:
+                    self.array[box]
+                except Exception as chunk_exc:  # noqa: BLE001 - this is the one
+                    encode = getattr(getattr(self.array, "metadata", None), "encode_chunk_key", None)
+                    key = encode(coords) if encode else "/".join(map(str, coords))
+                    exc = chunk_exc
+                    break
+        where = f"chunk {key} of {self.spec.uri}" if key is not None else f"{self.spec.uri}"
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return InputError(f"Could not read {where} ({type(exc).__name__}{': ' + detail if detail else ''}): "
+                          "the image is damaged or unreadable there.")
 
     def close(self) -> None:
         if self._keep is not None:
