@@ -33,6 +33,7 @@ from .steps.plan_blocks import WHEN_SCANNING, plan_blocks
 from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
 from .storage.files import read_npz, remove_path
+from .storage.images import ImageSpec
 from .storage.labels import LabelOutput
 from .storage.lut import Lut
 
@@ -200,6 +201,7 @@ def _lut_reusable(plan: Plan) -> bool:
 
 def run(image: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict:
     o, backend_options = params.bind("run", options)
+    image = ImageSpec.from_options(image, o)  # takes the input options _run does not name (pattern, scene, ...)
     return _run(image, output, backend_options=backend_options, **o)
 
 
