@@ -92,7 +92,7 @@ def pyramid(shape: Sequence[int], voxel: Sequence[float] | None, levels: int | N
     is at most PYRAMID_MIN_SIDE (or ``levels`` levels).
 
     >>> pyramid((40, 1024, 1024), (2.0, 0.5, 0.5), None)
-    [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
     """
     nd = len(shape)
     size = np.asarray(voxel if voxel else [1.0] * nd, dtype=float)

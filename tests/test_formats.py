@@ -26,6 +26,8 @@ from pystitch.example import blobs
 from pystitch.steps.segment_block import BlockSegmenter
 from pystitch.storage.images import open_image
 
+from test_nextflow import nextflow  # noqa: F401  (the pinned Nextflow fixture)
+
 VENV_BIN = Path(sys.executable).parent
 SETTINGS = dict(block_shape=(8, 16, 16), halo=(1, 1, 1), backend="threshold", threshold=0.5, workers=1,
                 pictures=False)
@@ -349,3 +351,25 @@ def test_convert_refuses_to_replace_what_it_did_not_write(volume, tmp_path):
     assert res.returncode == 0, res.stderr
     res = pystitch_cli("convert", folder / "*.tif", tmp_path / "a.ome.zarr", "--overwrite")
     assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+def test_pipeline_reads_a_plane_glob_directly(nextflow, tmp_path):
+    """``--input "stack/plane_*.tif"``: the pipeline plans the planes where they are (no copy,
+    no conversion) and its labels are byte-identical to ``pystitch run`` on the same glob."""
+    from test_nextflow import TEST_SETTINGS, assert_same_labels, example_image_data, ok, reference_run
+
+    from pystitch.example import write_example
+
+    image = write_example(tmp_path / "example.zarr", (24, 96, 96), seed=4)
+    folder = _planes(tmp_path / "stack", example_image_data(str(image)))
+    glob = str(folder / "plane_*.tif")
+    launch, outdir = tmp_path / "launch", tmp_path / "results"
+    ok(nextflow(launch, "-profile", "test", "--input", glob, "--outdir", outdir, "--voxel_size", "2,0.5,0.5"))
+    reference_run(glob, tmp_path / "reference.zarr", "--voxel-size", "2,0.5,0.5")
+    labels = assert_same_labels(outdir / "stack" / "labels.zarr", tmp_path / "reference.zarr")
+    assert labels.max() > 0 and TEST_SETTINGS
