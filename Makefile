@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CONSTRAINTS := requirements/constraints.txt
-EXTRAS ?= test,cellpose
+EXTRAS ?= test,cellpose,formats
 DEMO_DIR ?= demo
 # Cellpose 4 cannot share an environment with Cellpose 3 (different pins): its
 # adapter tests run in a second environment

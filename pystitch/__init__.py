@@ -38,6 +38,7 @@ _LAZY = {
     "apply_lut": "pystitch.steps.apply_lut",
     "finalize": "pystitch.steps.finalize",
     "merge": "pystitch.merge",
+    "convert": "pystitch.conversion",
 }
 
 __all__ = [

@@ -49,6 +49,8 @@ SUMMARIES = {
                 "are printed).",
     "batches": "Print the blocks that need work as batches, one per line (e.g. 0-63), for a workflow to fan out.",
     "example": "Write the built-in synthetic example image (OME-Zarr) and print its path.",
+    "convert": "Convert an image (TIFF planes, OME-TIFF, a vendor file, zarr) to OME-Zarr with a pyramid, block by "
+               "block in parallel, resumable; print its path.",
 }
 
 
@@ -234,8 +236,10 @@ def cmd_plan_blocks(o: dict) -> None:
     from .runner import Scheduler
     from .steps.plan_blocks import plan_blocks
 
+    from .storage.images import ImageSpec
+
     core, backend = P.bind("plan-blocks", o)
-    image, output = core.pop("image"), core.pop("output")
+    image, output = ImageSpec.from_options(core.pop("image"), core), core.pop("output")
     workers = core.pop("workers")
     with Scheduler(workers) as scheduler:
         plan = plan_blocks(image, output, **core, backend_options=backend, map_tasks=scheduler.map_tasks("scan image"))
@@ -316,6 +320,14 @@ def cmd_example(o: dict) -> None:
                         overwrite=core["overwrite"]))
 
 
+def cmd_convert(o: dict) -> None:
+    from .conversion import convert
+
+    core, _ = P.bind("convert", o)
+    core["progress"] = bool(core["progress"]) and sys.stderr.isatty()
+    print(convert(core.pop("image"), core.pop("target"), **core)["output"])
+
+
 COMMANDS: dict[str, Callable[[dict], None]] = {
     "run": cmd_run,
     "plan-blocks": cmd_plan_blocks,
@@ -326,6 +338,7 @@ COMMANDS: dict[str, Callable[[dict], None]] = {
     "finalize": cmd_finalize,
     "batches": cmd_batches,
     "example": cmd_example,
+    "convert": cmd_convert,
 }
 
 

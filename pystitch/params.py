@@ -33,10 +33,12 @@ from .errors import InputError
 
 #: the commands (CLIs) of pystitch; "run" is every step on this machine
 COMMANDS = ("run", "plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut", "finalize", "batches",
-            "example")
+            "example", "convert")
 #: where a parameter appears only in the pipeline, not in any command
 PIPELINE = "pipeline"
 PLAN_AND_RUN = ("run", "plan-blocks")
+#: commands that read an input image
+READERS = PLAN_AND_RUN + ("convert",)
 
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
@@ -180,16 +182,17 @@ _SHAPE = r"^\d+(\s*,\s*\d+){0,2}$"
 
 PARAMS: tuple[Param, ...] = (
     # ---- what to read
-    _p("image", "str", "input image: a zarr array, a zarr group (with --array-path), an OME-Zarr image or a TIFF "
-       "file", commands=PLAN_AND_RUN, group="input", positional=True, required=True, nextflow=False),
-    _p("array_path", "str", "array inside a zarr group", commands=PLAN_AND_RUN, group="input", sample_column=True),
+    _p("image", "str", "input image: a zarr array, a zarr group (with --array-path), an OME-Zarr image, a TIFF "
+       "file, a glob or folder of TIFF planes (quoted), an OME companion file or a vendor file (bioio)",
+       commands=READERS, group="input", positional=True, required=True, nextflow=False),
+    _p("array_path", "str", "array inside a zarr group", commands=READERS, group="input", sample_column=True),
     _p("level", "int", "multiscale level to segment (OME-Zarr or TIFF pyramid); 0 is full resolution",
-       commands=PLAN_AND_RUN, group="input", minimum=0, sample_column=True),
-    _p("channel", "text", "channel index, or several (e.g. 0,1) for segmenters that use more than one",
-       commands=PLAN_AND_RUN, group="input", metavar="C[,C...]", sample_column=True),
-    _p("channel_axis", "int", "channel axis of an array without axis metadata", commands=PLAN_AND_RUN,
+       commands=READERS, group="input", minimum=0, sample_column=True),
+    _p("channel", "text", "channel index, or several (e.g. 0,1) for segmenters that use more than one; convert: "
+       "default all", commands=READERS, group="input", metavar="C[,C...]", sample_column=True),
+    _p("channel_axis", "int", "channel axis of an array without axis metadata", commands=READERS,
        group="input"),
-    _p("timepoint", "int", "time index, for images with a time axis", commands=PLAN_AND_RUN, group="input",
+    _p("timepoint", "int", "time index, for images with a time axis", commands=READERS, group="input",
        minimum=0),
     # ---- where to write
     _p("output", "str", "the label image to write (zarr); it must not exist unless --overwrite",
@@ -199,13 +202,13 @@ PARAMS: tuple[Param, ...] = (
        commands=PLAN_AND_RUN, group="output"),
     _p("ngff_version", "str", "OME-Zarr version of the output: 0.4 (zarr v2, read by every current viewer) or "
        "0.5 (zarr v3); default 0.4, or the input image's for labels inside it", choices=("0.4", "0.5"),
-       commands=PLAN_AND_RUN, group="output"),
+       commands=READERS, group="output"),
     _p("pyramid_levels", "int", "pyramid levels of an OME-Zarr output (default: until the largest side is "
-       "<= 256)", commands=PLAN_AND_RUN, group="output", minimum=1),
+       "<= 256)", commands=READERS, group="output", minimum=1),
     _p("label_dtype", "str", "id type of the output: auto (uint32, or uint64 when needed)", default="auto",
        choices=("auto", "uint16", "uint32", "uint64"), commands=PLAN_AND_RUN, group="output"),
     _p("overwrite", "bool", "replace an existing output (only one pystitch wrote)", default=False,
-       commands=PLAN_AND_RUN + ("finalize", "example"), group="output"),
+       commands=READERS + ("finalize", "example"), group="output"),
     _p("work_dir", "str", "intermediate files: plan, staging store, manifests, pairs, lut "
        "(default: <output stem>_work); an interrupted run resumes from it", commands=PLAN_AND_RUN,
        group="output", nextflow=False),
@@ -237,14 +240,14 @@ PARAMS: tuple[Param, ...] = (
     _p("min_iou", "float", "IoU threshold of the match rule (default 0.2)", commands=PLAN_AND_RUN,
        group="segmentation", minimum=0.0, maximum=1.0),
     # ---- running
-    _p("workers", "int", "parallel processes", default=1, commands=PLAN_AND_RUN, group="running", minimum=1,
+    _p("workers", "int", "parallel processes", default=1, commands=READERS, group="running", minimum=1,
        nextflow=False),
     _p("device", "str", "where a model runs (cellpose): auto (a GPU when the task has one), cpu, cuda, "
        "cuda:N, mps", commands=("run", "segment-block"), group="running", nextflow=False),
     _p("allow_cpu_fallback", "bool", "run on the CPU, with a warning, when the requested GPU is missing",
        commands=("run", "segment-block"), group="running", nextflow=False),
-    _p("progress", "bool", "progress bars (on a terminal)", default=True, commands=("run",), group="running",
-       nextflow=False),
+    _p("progress", "bool", "progress bars (on a terminal)", default=True, commands=("run", "convert"),
+       group="running", nextflow=False),
     # ---- report
     _p("pictures", "bool", "write the QC pictures into the report", default=True, commands=("run", "finalize"),
        group="report", nextflow=False, aliases=("nopictures",)),
@@ -283,6 +286,24 @@ PARAMS: tuple[Param, ...] = (
     _p("shape", "shape", "image shape (2 or 3 values)", default="48,160,160", commands=("example",),
        group="example", nextflow=False),
     _p("seed", "int", "random seed", default=0, commands=("example",), group="example", nextflow=False),
+    # ---- input formats (plane sequences, multi-image files, metadata overrides) and convert
+    _p("pattern", "str", "how the file names of a glob or folder of TIFF planes map to axes: placeholders {z}, "
+       "{c}, {t} (e.g. plane_{z}_ch{c}.tif; a channel may be a name such as DAPI) or tifffile's pattern syntax "
+       "(e.g. _(z)(\\d+)_(c)(\\d+)). Default: one plane per file, z in natural file order", commands=READERS,
+       group="input", metavar="PATTERN"),
+    _p("scene", "text", "scene, series or position of a file with several images (vendor files, OME-TIFF, TIFF "
+       "series): an index or a name (default: the first)", commands=READERS, group="input", metavar="S"),
+    _p("voxel_size", "text", "voxel size per spatial axis (e.g. 2,0.4,0.4 for z,y,x): for inputs without it in "
+       "their metadata, or to replace the metadata's", commands=READERS, group="input", metavar="Z,Y,X"),
+    _p("unit", "str", "unit of the voxel sizes (e.g. micrometer, nanometer; default: the metadata's, else "
+       "micrometer)", commands=READERS, group="input"),
+    _p("target", "str", "the OME-Zarr image to write (e.g. image.ome.zarr); it must not exist unless "
+       "--overwrite (and then only one pystitch convert wrote is replaced)", commands=("convert",),
+       group="output", positional=True, required=True, nextflow=False),
+    _p("chunks", "shape", "chunks of the written image per spatial axis; auto: 32,128,128 in 3-D and 512,512 "
+       "in 2-D (at most the image), so that blocks of the default shape read few chunks beyond their halo",
+       default="auto", choices=("auto",), commands=("convert",), group="output", metavar="N[,N,N]|auto",
+       nextflow=False),
     # ---- threshold backend
     _p("threshold", "text", "foreground above this intensity: a number, or otsu (computed ONCE for the whole "
        "image)", backend="threshold", commands=PLAN_AND_RUN, group="threshold backend", metavar="N|otsu",

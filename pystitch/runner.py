@@ -209,6 +209,7 @@ def _batch_step(scheduler: Scheduler, task: Callable, plan: Plan, directory: Pat
 
 def run(image: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict:
     o, backend_options = params.bind("run", options)
+    image = ImageSpec.from_options(image, o)  # takes the input options _run does not name (pattern, scene, ...)
     return _run(image, output, backend_options=backend_options, **o)
 
 
@@ -229,8 +230,9 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
          allow_cpu_fallback: bool | None, memory_gb: float | None, backend_options: dict,
          batch_size: int = BATCH_SIZE) -> dict:
     timings: dict[str, float] = {}
-    spec = ImageSpec(uri=image, array_path=array_path, level=level, channel=channel, channel_axis=channel_axis,
-                     timepoint=timepoint)
+    spec = image if isinstance(image, ImageSpec) else ImageSpec(
+        uri=image, array_path=array_path, level=level, channel=channel, channel_axis=channel_axis,
+        timepoint=timepoint)
     output = absolute_uri(output)
     wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
     check_run_locations(spec.uri, output, wd, report_dir)

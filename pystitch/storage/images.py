@@ -1,11 +1,14 @@
-"""Opening input images and the zarr stores pystitch writes.
+"""Opening input images.
 
 Inputs: zarr v2 and v3 arrays (a path to an array, or to a group plus an
 array path), OME-Zarr multiscale images (level 0 by default, any level
-selectable, axes and voxel sizes from the metadata) and TIFF / OME-TIFF files,
-read lazily through tifffile's zarr interface.  Whatever the container, an
-:class:`ImageSource` exposes the 2-D or 3-D *spatial* grid and reads regions
-of it as numpy arrays, with the selected channel(s) and time point applied.
+selectable, axes and voxel sizes from the metadata), TIFF / OME-TIFF /
+ImageJ files read lazily through tifffile's zarr interface, images kept in
+many TIFF files (a glob or folder of planes, a multi-file OME-TIFF set or its
+``.companion.ome`` file: :mod:`.planes`) and vendor formats through bioio
+(:mod:`.vendor`).  Whatever the container, an :class:`ImageSource` exposes
+the 2-D or 3-D *spatial* grid and reads regions of it as numpy arrays, with
+the selected channel(s) and time point applied.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ import numpy as np
 import zarr
 
 from ..errors import InputError, InputNotFoundError
+from . import planes as _planes
+from . import vendor as _vendor
 
 log = logging.getLogger(__name__)
 
 SPATIAL_AXES = "zyx"
 #: dtypes an input image may have (label and intensity images alike)
 SUPPORTED_KINDS = {"b": "bool", "u": "unsigned integer", "i": "signed integer", "f": "float"}
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf2", ".tf8")
+TIFF_SUFFIXES = _planes.TIFF_SUFFIXES
+#: files that hold zarr metadata: a folder with one of them is a zarr store, not a folder of planes
+_ZARR_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 
 
 def is_url(uri: str) -> bool:
@@ -43,11 +50,17 @@ def absolute_uri(uri: str | os.PathLike) -> str:
     return uri if is_url(uri) else str(Path(uri).expanduser().resolve())
 
 
-def _as_channel(value: Any) -> tuple[int, ...] | None:
+#: ``channel="all"``: every channel, channel-first (what ``convert`` reads)
+ALL_CHANNELS = "all"
+
+
+def _as_channel(value: Any) -> tuple[int, ...] | str | None:
     if value is None:
         return None
     if isinstance(value, (int, np.integer)):
         return (int(value),)
+    if isinstance(value, str) and value.strip().lower() == ALL_CHANNELS:
+        return ALL_CHANNELS
     if isinstance(value, str):
         parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
         try:
@@ -55,6 +68,24 @@ def _as_channel(value: Any) -> tuple[int, ...] | None:
         except ValueError:
             raise InputError(f"Expected channel index(es) such as 0 or 0,1. Got {value!r} instead.") from None
     return tuple(int(v) for v in value)
+
+
+def _as_voxel_size(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    parts = [p for p in re.split(r"[,\s]+", value.strip()) if p] if isinstance(value, str) else list(value)
+    try:
+        sizes = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        sizes = ()
+    if not sizes or len(sizes) > 3 or not all(np.isfinite(v) and v > 0 for v in sizes):
+        raise InputError(f"Expected --voxel-size as one positive number per spatial axis (e.g. 2,0.4,0.4). "
+                         f"Got {value!r} instead.")
+    return sizes
+
+
+#: ImageSpec fields written to plan.json only when set (plans of other inputs keep their hash)
+_OPTIONAL_FIELDS = ("pattern", "scene", "voxel_size", "unit")
 
 
 @dataclass(frozen=True)
@@ -65,19 +96,30 @@ class ImageSpec:
     segmenters that take more than one channel, returned channel-first);
     ``channel_axis`` names that axis for arrays without axis metadata;
     ``timepoint`` selects on a time axis; ``level`` picks an OME-Zarr
-    multiscale level or a TIFF pyramid level.
+    multiscale level or a TIFF pyramid level.  ``pattern`` maps the file
+    names of a plane sequence to axes (:mod:`.planes`); ``scene`` picks a
+    series, scene or position (index or name) of a multi-image file;
+    ``voxel_size``/``unit`` replace (or supply) the metadata's.
     """
 
     uri: str
     array_path: str | None = None
     level: int | None = None
-    channel: tuple[int, ...] | None = None
+    channel: tuple[int, ...] | str | None = None
     channel_axis: int | None = None
     timepoint: int | None = None
+    pattern: str | None = None
+    scene: str | None = None
+    voxel_size: tuple[float, ...] | None = None
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uri", absolute_uri(self.uri))
         object.__setattr__(self, "channel", _as_channel(self.channel))
+        object.__setattr__(self, "voxel_size", _as_voxel_size(self.voxel_size))
+        for name in ("pattern", "scene", "unit"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None or str(value).strip() == "" else str(value).strip())
         for name in ("level", "channel_axis", "timepoint"):
             value = getattr(self, name)
             if value is not None:
@@ -94,12 +136,29 @@ class ImageSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["channel"] = list(self.channel) if self.channel is not None else None
+        d["channel"] = list(self.channel) if isinstance(self.channel, tuple) else self.channel
+        if self.voxel_size is not None:
+            d["voxel_size"] = list(self.voxel_size)
+        for name in _OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageSpec":
         return cls(**d)
+
+    @classmethod
+    def from_options(cls, image: "str | os.PathLike | ImageSpec", options: dict) -> "ImageSpec":
+        """The spec of a command's input options (``pattern``, ``scene``,
+        ``voxel_size`` and ``unit`` are taken out of ``options``; the other
+        input options are read and left in place)."""
+        extra = {name: options.pop(name, None) for name in _OPTIONAL_FIELDS}
+        if isinstance(image, ImageSpec):
+            return image
+        return cls(uri=image, array_path=options.get("array_path"), level=options.get("level"),
+                   channel=options.get("channel"), channel_axis=options.get("channel_axis"),
+                   timepoint=options.get("timepoint"), **extra)
 
 
 @dataclass
@@ -123,9 +182,11 @@ class ImageSource:
     levels: list[tuple[int, ...]] = field(default_factory=list)
     _index: tuple = ()
     _channel_pos: int | None = None
-    _keep: Any = None  # keeps a TiffFile open while the array is used
+    _keep: Any = None  # keeps files open while the array is used (a TiffFile, a PlaneStack, a BioImage)
     #: decoded chunks of this opening (see :class:`ChunkCache`); None: no cache
     cache: "ChunkCache | None" = None
+    #: names of the selected channels, when the metadata has them
+    channel_names: tuple[str, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -187,7 +248,9 @@ class ImageSource:
 
     def close(self) -> None:
         if self._keep is not None:
-            self._keep.close()
+            close = getattr(self._keep, "close", None)
+            if close is not None:
+                close()
             self._keep = None
 
 
@@ -296,16 +359,119 @@ def open_image(spec: ImageSpec | str, *, cache: bool = True, **kwargs: Any) -> I
     keep decoded chunks while the image is open (see :class:`ChunkCache`)."""
     if not isinstance(spec, ImageSpec):
         spec = ImageSpec(uri=spec, **kwargs)
-    uri = spec.uri
-    if not is_url(uri) and not Path(uri).exists():
-        raise InputNotFoundError(
-            f"Input image not found: {uri}. Expected a zarr / OME-Zarr store or a TIFF file."
-        )
-    source = _open_tiff(spec) if uri.lower().endswith(TIFF_SUFFIXES) else _open_zarr(spec)
+    source = _open_any(spec)
+    if spec.voxel_size is not None:
+        if len(spec.voxel_size) != source.ndim:
+            source.close()
+            raise InputError(f"Expected --voxel-size with {source.ndim} values (axes {source.axes}) for "
+                             f"{spec.uri}. Got {','.join(f'{v:g}' for v in spec.voxel_size)} instead.")
+        source.voxel_size = spec.voxel_size
+        source.unit = spec.unit or source.unit or "micrometer"
+    elif spec.unit is not None:
+        source.unit = spec.unit
     capacity = cache_capacity() if cache else 0
     if capacity:
         source.cache = ChunkCache(capacity)
     return source
+
+
+#: what an input can be, for error messages
+KINDS = ("a zarr / OME-Zarr store, a TIFF / OME-TIFF file, a glob or folder of TIFF planes, an OME companion "
+         f"file ({_planes.COMPANION_SUFFIX}) or a vendor file ({', '.join(_vendor.VENDOR_READERS)}) read by bioio")
+
+
+def _open_any(spec: ImageSpec) -> ImageSource:
+    """Dispatch on what ``spec.uri`` is: URL, glob, folder, file extension."""
+    uri = spec.uri
+    if is_url(uri):
+        return _open_zarr(spec)
+    path = Path(uri)
+    if not path.exists():
+        if _planes.is_glob(uri):
+            return _open_planes(spec)
+        raise InputNotFoundError(f"Input image not found: {uri}. Expected {KINDS}.")
+    if spec.pattern is not None and not path.is_dir():
+        raise InputError(f"--pattern is for a glob or folder of TIFF planes. Got the file {uri} instead.")
+    if path.is_dir():
+        if any((path / name).exists() for name in _ZARR_FILES) or spec.array_path:
+            return _open_zarr(spec)
+        if any(_planes.is_tiff_name(p.name) for p in path.iterdir()):
+            return _open_planes(spec)
+        return _open_zarr(spec)
+    lower = uri.lower()
+    if lower.endswith(_planes.COMPANION_SUFFIX):
+        return _open_ome_files(spec)
+    if lower.endswith(TIFF_SUFFIXES):
+        if _is_multifile_ome(uri):
+            return _open_ome_files(spec)
+        return _open_tiff(spec)
+    if _vendor.vendor_suffix(uri):
+        return _open_vendor(spec)
+    raise InputError(f"Unknown image file type: {uri} (extension {path.suffix or 'none'}). Expected {KINDS}.")
+
+
+def _no_level(spec: ImageSpec, what: str) -> None:
+    if spec.level not in (None, 0):
+        raise InputError(f"level {spec.level} was requested but {spec.uri} ({what}) has a single level.")
+
+
+def _open_planes(spec: ImageSpec) -> ImageSource:
+    _no_level(spec, "a plane sequence")
+    if spec.scene is not None:
+        raise InputError(f"--scene is for files with several images. Got a plane sequence ({spec.uri}) instead.")
+    stack, axes, info = _planes.open_sequence(spec.uri, spec.pattern)
+    return _from_stack(spec, stack, axes, info)
+
+
+def _open_ome_files(spec: ImageSpec) -> ImageSource:
+    _no_level(spec, "a multi-file OME-TIFF")
+    stack, axes, info = _planes.open_ome_files(spec.uri, spec.scene)
+    return _from_stack(spec, stack, axes, info)
+
+
+def _from_stack(spec: ImageSpec, stack: Any, axes: str, info: dict) -> ImageSource:
+    try:
+        if spec.channel_axis is not None and "c" not in axes:
+            axes = _default_axes(stack.shape, spec)
+        src = _make_source(spec, stack, axes, info.get("voxel_size"), info.get("unit"), keep=stack)
+        src.channel_names = _selected_names(info.get("channel_names"), src)
+        return src
+    except Exception:
+        stack.close()
+        raise
+
+
+def _open_vendor(spec: ImageSpec) -> ImageSource:
+    _no_level(spec, "a vendor file read by bioio")
+    image, array, axes, info = _vendor.open_vendor(spec.uri, spec.scene)
+    src = _make_source(spec, array, axes, info.get("voxel_size"), info.get("unit"), keep=image)
+    src.channel_names = _selected_names(info.get("channel_names"), src)
+    return src
+
+
+def _selected_names(names: Sequence[str] | None, src: ImageSource) -> tuple[str, ...] | None:
+    if not names or "c" not in src.full_axes:
+        return None
+    ix = src._index[src.full_axes.index("c")]
+    chosen = ix if isinstance(ix, list) else [ix]
+    if not isinstance(ix, (int, list)) or max(chosen) >= len(names):
+        return None
+    return tuple(str(names[i]) for i in chosen)
+
+
+def _is_multifile_ome(path: str) -> bool:
+    """An OME-TIFF whose metadata places planes in other files (or in a companion file)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            xml = tf.pages[0].description if tf.pages and tf.is_ome else ""
+            if not xml and tf.pages:
+                desc = tf.pages[0].description or ""
+                xml = desc if "BinaryOnly" in desc else ""
+    except Exception:
+        return False
+    return bool(xml) and _planes.ome_references_other_files(xml, Path(path).name)
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
@@ -466,6 +632,8 @@ def _make_source(spec: ImageSpec, array: Any, axes: str, voxel: tuple | None, un
             out_pos += 1
         elif ax == "c":
             sel = spec.channel
+            if sel == ALL_CHANNELS:
+                sel = tuple(range(size))
             if sel is None:
                 if size != 1:
                     raise InputError(
@@ -507,7 +675,7 @@ def _make_source(spec: ImageSpec, array: Any, axes: str, voxel: tuple | None, un
             f"--timepoint was given but {where} has no time axis (axes {axes}). Expected --timepoint only for "
             "images with a t axis."
         )
-    if spec.channel is not None and "c" not in axes:
+    if spec.channel is not None and spec.channel != ALL_CHANNELS and "c" not in axes:
         raise InputError(
             f"--channel was given but {where} has no channel axis (axes {axes}); give --channel-axis for "
             "arrays without axis metadata."
@@ -539,7 +707,8 @@ def _open_tiff(spec: ImageSpec) -> ImageSource:
     except Exception as exc:
         raise InputError(f"Could not read {spec.uri} as a TIFF file ({type(exc).__name__}: {exc}).") from exc
     try:
-        series = tf.series[0]
+        names = [s.name or f"series {i}" for i, s in enumerate(tf.series)]
+        series = tf.series[_planes.select_scene(names, spec.scene, spec.uri)]
         level = spec.level or 0
         if not 0 <= level < len(series.levels):
             raise InputError(
@@ -549,8 +718,13 @@ def _open_tiff(spec: ImageSpec) -> ImageSource:
         axes = _tiff_axes(series.axes)
         if spec.channel_axis is not None and "c" not in axes:
             axes = _default_axes(array.shape, spec)
-        voxel, unit = _tiff_voxel_size(tf, axes)
+        voxel, unit = _tiff_voxel_size(tf, axes, tf.series.index(series))
         src = _make_source(spec, array, axes, voxel, unit, keep=tf)
+        if tf.is_ome and tf.ome_metadata:
+            images, _ = _planes.parse_ome(tf.ome_metadata, spec.uri)
+            k = tf.series.index(series)
+            if k < len(images) and images[k].channel_names and all(images[k].channel_names):
+                src.channel_names = _selected_names(images[k].channel_names, src)
         src.levels = [tuple(int(s) for a, s in zip(axes, lv.shape) if a in SPATIAL_AXES)
                       for lv in series.levels]
         return src
@@ -567,12 +741,13 @@ def _tiff_axes(tiff_axes: str) -> str:
     return "".join(names)
 
 
-def _tiff_voxel_size(tf: Any, axes: str) -> tuple[tuple | None, str | None]:
+def _tiff_voxel_size(tf: Any, axes: str, series: int = 0) -> tuple[tuple | None, str | None]:
     spatial = [a for a in axes if a in SPATIAL_AXES]
     try:
         if tf.is_ome and tf.ome_metadata:
             root = ET.fromstring(tf.ome_metadata)
-            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            all_pixels = [el for el in root.iter() if el.tag.endswith("Pixels")]
+            pixels = all_pixels[series] if series < len(all_pixels) else all_pixels[0]
             sizes = {a: pixels.get(f"PhysicalSize{a.upper()}") for a in "zyx"}
             units = {pixels.get(f"PhysicalSize{a.upper()}Unit", "µm") for a in spatial if sizes[a]}
             if all(sizes[a] for a in spatial):

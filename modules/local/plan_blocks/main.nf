@@ -35,7 +35,7 @@ process PLAN_BLOCKS {
     """
     plan=\$(
         plan-blocks \\
-            "${image}" \\
+            "${meta.glob ? "${image}/${meta.glob}" : image}" \\
             "${output_dir}/labels.zarr" \\
             --report-dir "${output_dir}/labels_report" \\
             --work-dir "${work_dir}" \\

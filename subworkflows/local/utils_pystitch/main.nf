@@ -14,6 +14,7 @@ def knownParams() {
         'rule', 'min_iou', 'blocks_per_task', 'backend_args', 'label_dtype', 'array_path', 'level',
         'channel', 'channel_axis', 'timepoint', 'overwrite', 'staging_dir', 'example_shape',
         'output_format', 'ngff_version', 'pyramid_levels', 'container_cpu', 'container_gpu',
+        'pattern', 'scene', 'voxel_size', 'unit',
     ]
 }
 
@@ -55,7 +56,9 @@ def validateParameters() {
     if (isBlank(params.input) || params.input instanceof Boolean) {
         errors << "Missing --input: give an image (zarr, OME-Zarr or TIFF), a samplesheet CSV with the columns " +
             "sample,image (optional: array_path,level,channel), or 'example' for the built-in test image."
-    } else if (params.input != 'example' && !file(params.input.toString()).exists()) {
+    } else if (params.input != 'example' && isGlob(params.input.toString()) && !files(params.input.toString())) {
+        errors << "--input ${params.input}: no file matches. Expected a glob of TIFF planes (quoted), e.g. 'stack/plane_*.tif'."
+    } else if (params.input != 'example' && !isGlob(params.input.toString()) && !file(params.input.toString()).exists()) {
         errors << "--input ${params.input}: no such file or directory (${file(params.input.toString())}). " +
             "Expected an image, a samplesheet CSV or 'example'."
     }
@@ -160,6 +163,11 @@ def isChannel(value) {
 }
 
 // a sample id usable as a directory name
+// a glob of plane files ('stack/plane_*.tif'), not one path
+def isGlob(String input) {
+    return input.contains('*') || input.contains('?') || input.contains('[')
+}
+
 def imageId(String name) {
     def stem = name.replaceAll(/(?i)(\.ome)?\.(zarr|tiff?|n5)\/?$/, '')
     return stem.replaceAll(/[^A-Za-z0-9._-]/, '_')
@@ -271,6 +279,19 @@ def readSamplesheet(sheet) {
  * Returns [ [ meta, image ], ... ] (not used for 'example').
  */
 def imagesFromInput(String input) {
+    if (isGlob(input)) {
+        // planes are read where they are: the folder is the task input, meta.glob the file names in it
+        def glob = new File(input)
+        def folder = file(glob.parent ?: '.')
+        def meta = [
+            id        : imageId(folder.name),
+            array_path: params.array_path,
+            level     : params.level,
+            channel   : params.channel,
+            glob      : glob.name,
+        ]
+        return [ [ meta, folder ] ]
+    }
     def path = file(input)
     if (!path.exists()) {
         error("--input ${input}: no such file or directory (${path}). Expected an image, a samplesheet CSV or 'example'.")
