@@ -151,8 +151,8 @@ class Param:
                 if text.lower() in self.choices:
                     return text.lower()
                 if not re.fullmatch(r"\d+([,x\s]+\d+)*", text):
-                    raise InputError(f"Expected {self.flag} as one integer or one per axis (e.g. 64,256,256). "
-                                     f"Got {value!r} instead.")
+                    raise InputError(f"Expected {self.flag} as one integer >= 0 or one per axis "
+                                     f"({self.metavar or 'N[,N,N]'}). Got {value!r} instead.")
             return value
         if kind == "paths":
             return list(value) if isinstance(value, (list, tuple)) else value

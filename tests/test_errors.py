@@ -71,7 +71,7 @@ RUN_TABLE = [
      InputError, "Expected an image of bool, integer or float values. Got dtype complex64"),
     ("block not positive", lambda t, i: i, {"block_shape": (8, 0, 16)}, InputError, "Expected block_shape >= 1"),
     ("block wrong length", lambda t, i: i, {"block_shape": (8, 16)}, InputError, "one integer or 3"),
-    ("block not integer", lambda t, i: i, {"block_shape": "8,a,8"}, InputError, "Expected --block-shape as one integer or one per axis"),
+    ("block not integer", lambda t, i: i, {"block_shape": "8,a,8"}, InputError, "Expected --block-shape as one integer >= 0 or one per axis"),
     ("halo >= block", lambda t, i: i, {"halo": (1, 16, 2)}, InputError, "Expected halo < block"),
     ("halo 0 on a split axis", lambda t, i: i, {"halo": (1, 0, 2)}, InputError, "Expected a halo >= 1 on axis y"),
     ("negative halo", lambda t, i: i, {"halo": (1, -1, 2)}, InputError, "Expected halo >= 0"),
