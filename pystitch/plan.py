@@ -225,24 +225,11 @@ class Plan:
 
     def owned_paths(self) -> list[Path]:
         """Everything pystitch writes into the work directory."""
-        wd = Path(self.work_dir)
-        return [self.plan_path, Path(self.staging_uri), self.manifest_dir, self.pairs_dir, Path(self.lut_uri),
-                Path(f"{self.lut_uri}.incomplete"), wd / "resolve.json", self.stats_dir, Path(self.partial_output),
-                self.output_id_path, self.report_staging]
+        return owned_paths(self.work_dir)
 
     def clean_work_dir(self, finished: bool = False) -> None:
-        """Remove what pystitch wrote into the work directory.  When the run is
-        ``finished``, also its lock file and the directory itself when nothing
-        else is in it (a run in progress keeps its lock file: removing a locked
-        file would let a second run lock a new one)."""
-        for path in self.owned_paths():
-            remove_path(path)
-        if finished:
-            (Path(self.work_dir) / LOCK_NAME).unlink(missing_ok=True)
-            try:
-                Path(self.work_dir).rmdir()
-            except OSError:
-                pass
+        """Remove what pystitch wrote into the work directory (see :func:`clean_work_dir`)."""
+        clean_work_dir(self.work_dir, finished)
 
     # ---- geometry
 
@@ -276,6 +263,32 @@ class Plan:
     def make_backend(self) -> Backend:
         return get_backend(self.backend["name"]).from_params(
             {k: v for k, v in self.backend.items() if k != "name"})
+
+
+# --------------------------------------------------------------------------- the work directory
+
+
+def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
+    """Everything pystitch writes into a work directory (the layout of :class:`Plan`)."""
+    wd = Path(work_dir)
+    return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
+            wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
+            wd / "output-id.json", wd / "report.partial"]
+
+
+def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False) -> None:
+    """Remove what pystitch wrote into the work directory.  When the run is
+    ``finished``, also its lock file and the directory itself when nothing
+    else is in it (a run in progress keeps its lock file: removing a locked
+    file would let a second run lock a new one)."""
+    for path in owned_paths(work_dir):
+        remove_path(path)
+    if finished:
+        (Path(work_dir) / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            Path(work_dir).rmdir()
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- default paths

@@ -34,7 +34,7 @@ from .steps.plan_blocks import WHEN_SCANNING, plan_blocks
 from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
 from .manifests import digest, read_manifests
-from .plan import default_work_dir, run_stem
+from .plan import clean_work_dir, default_work_dir, run_stem
 from .steps.plan_blocks import AlreadyDone, check_run_locations
 from .storage.files import DirectoryLock, read_json, read_npz
 from .storage.images import ImageSpec, absolute_uri
@@ -252,6 +252,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
             summary_path = Path(done.report_dir) / "summary.json"
             if summary_path.exists():
                 log.info("%s already holds the finished labels of this run: nothing to do", done.output)
+                if not keep_work:  # what a run killed while cleaning up left
+                    clean_work_dir(wd, finished=True)
                 return read_json(summary_path, "summary")
             raise
         plan_path = str(plan.plan_path)
@@ -265,23 +267,28 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                    if v is not None}
         groups = [] if finished else sweep_order(batches(todo, row), workers)
+        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), workers)
         for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment"):
             pass
         timings["segment"] = time.perf_counter() - t
 
         if not finished:
+            log.info("stage face-pairs")
             t = time.perf_counter()
             _batch_step(scheduler, _pairs_task, plan, plan.pairs_dir, pairs_name, todo, batch_size, "face-pairs")
             timings["face_pairs"] = time.perf_counter() - t
 
+            log.info("stage resolve")
             t = time.perf_counter()
             resolve(plan)  # does nothing when the lut of these manifests and pairs exists
             timings["resolve"] = time.perf_counter() - t
 
+            log.info("stage apply-lut")
             t = time.perf_counter()
             _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, "apply-lut")
             timings["apply_lut"] = time.perf_counter() - t
 
+        log.info("stage finalize")
         summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
                            extra={"workers": workers,
                                   "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
