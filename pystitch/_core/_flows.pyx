@@ -29,6 +29,11 @@ A trajectory that needs a value outside the window
 (but inside the image) stops and is flagged ``escaped``; its state is then
 meaningless and the caller follows it again from its start in a larger window.
 
+A trajectory whose state repeats exactly (a fixed point, or a 2-cycle that
+alternates between two states) is finished without running the remaining
+steps: the state is a deterministic function of the previous one, so the end
+point is the same.
+
 Compiled with ``-ffp-contract=off``: the compiler must not fuse what the
 reference does not.
 """
@@ -65,7 +70,7 @@ cdef uint8_t _bilinear2d_one(const float[:, :, ::1] flow, float[:, ::1] pos, Py_
                              int64_t oy, int64_t ox, int64_t Ly, int64_t Lx,
                              Py_ssize_t niter, int32_t[:, ::1] reach) noexcept nogil:
     cdef Py_ssize_t wy = flow.shape[1], wx = flow.shape[2], t, c
-    cdef float y = pos[0, j], x = pos[1, j], fy, fx
+    cdef float y = pos[0, j], x = pos[1, j], fy, fx, ny, nx, y1 = 0, x1 = 0
     cdef float step[2]
     cdef int64_t yf, xf, yf1, xf1, y_start = <int64_t>y, x_start = <int64_t>x
     cdef double dfy, dfx, t1, t2, t3, t4
@@ -94,10 +99,17 @@ cdef uint8_t _bilinear2d_one(const float[:, :, ::1] flow, float[:, ::1] pos, Py_
             t3 = <double>(flow[c, yf1, xf] * fy) * (1.0 - dfx)
             t4 = <double>((flow[c, yf1, xf1] * fy) * fx)
             step[c] = <float>(((t1 + t2) + t3) + t4)
-        y = y + step[0]
-        y = min(<float>(Ly - 1), max(<float>0, y))
-        x = x + step[1]
-        x = min(<float>(Lx - 1), max(<float>0, x))
+        ny = min(<float>(Ly - 1), max(<float>0, y + step[0]))
+        nx = min(<float>(Lx - 1), max(<float>0, x + step[1]))
+        if ny == y and nx == x:
+            break  # a fixed point: every later step is the same
+        if t > 0 and ny == y1 and nx == x1:
+            if (niter - t - 1) % 2:  # a 2-cycle: the state alternates to the end
+                ny, nx = y, x
+            y, x = ny, nx
+            break
+        y1, x1 = y, x
+        y, x = ny, nx
     pos[0, j] = y
     pos[1, j] = x
     return 0
@@ -123,7 +135,7 @@ cdef uint8_t _gridsample2d_one(const float[:, :, ::1] im, float[:, ::1] g, Py_ss
     cdef Py_ssize_t wy = im.shape[1], wx = im.shape[2], t, c
     cdef float gx = g[0, j], gy = g[1, j]
     cdef float half_w = (<float>Lx) / TWO, half_h = (<float>Ly) / TWO
-    cdef float x, y, x_w, y_n, w, e, n, s, nw, ne, sw, se, out
+    cdef float x, y, x_w, y_n, w, e, n, s, nw, ne, sw, se, out, nx, ny, x1 = 0, y1 = 0
     cdef float step[2]
     cdef float v_nw, v_ne, v_sw, v_se
     cdef int64_t ix, iy
@@ -172,8 +184,17 @@ cdef uint8_t _gridsample2d_one(const float[:, :, ::1] im, float[:, ::1] g, Py_ss
             else:
                 out = ((v_nw * nw + v_ne * ne) + v_sw * sw) + v_se * se
             step[c] = out
-        gx = min(ONE, max(MINUS_ONE, gx + step[0]))
-        gy = min(ONE, max(MINUS_ONE, gy + step[1]))
+        nx = min(ONE, max(MINUS_ONE, gx + step[0]))
+        ny = min(ONE, max(MINUS_ONE, gy + step[1]))
+        if nx == gx and ny == gy:
+            break  # a fixed point: every later step is the same
+        if t > 0 and nx == x1 and ny == y1:
+            if (niter - t - 1) % 2:  # a 2-cycle: the state alternates to the end
+                nx, ny = gx, gy
+            gx, gy = nx, ny
+            break
+        x1, y1 = gx, gy
+        gx, gy = nx, ny
     g[0, j] = gx
     g[1, j] = gy
     return 0
@@ -201,7 +222,7 @@ cdef uint8_t _gridsample3d_one(const float[:, :, :, ::1] im, float[:, ::1] g, Py
     cdef Py_ssize_t wz = im.shape[1], wy = im.shape[2], wx = im.shape[3], t, c, k
     cdef float gx = g[0, j], gy = g[1, j], gz = g[2, j]
     cdef float fW = <float>Lx, fH = <float>Ly, fD = <float>Lz
-    cdef float x, y, z, x0, y0, z0, dx0, dx1, dy0, dy1, dz0, dz1, out
+    cdef float x, y, z, x0, y0, z0, dx0, dx1, dy0, dy1, dz0, dz1, out, nx, ny, nz, x1 = 0, y1 = 0, z1 = 0
     cdef float step[3]
     cdef float wts[8]
     cdef int64_t ix, iy, iz, cz, cy, cx
@@ -254,9 +275,18 @@ cdef uint8_t _gridsample3d_one(const float[:, :, :, ::1] im, float[:, ::1] g, Py
                 if inside[k]:
                     out = out + im[c, iz + offz[k] - oz, iy + offy[k] - oy, ix + offx[k] - ox] * wts[k]
             step[c] = out
-        gx = min(ONE, max(MINUS_ONE, gx + step[0]))
-        gy = min(ONE, max(MINUS_ONE, gy + step[1]))
-        gz = min(ONE, max(MINUS_ONE, gz + step[2]))
+        nx = min(ONE, max(MINUS_ONE, gx + step[0]))
+        ny = min(ONE, max(MINUS_ONE, gy + step[1]))
+        nz = min(ONE, max(MINUS_ONE, gz + step[2]))
+        if nx == gx and ny == gy and nz == gz:
+            break  # a fixed point: every later step is the same
+        if t > 0 and nx == x1 and ny == y1 and nz == z1:
+            if (niter - t - 1) % 2:  # a 2-cycle: the state alternates to the end
+                nx, ny, nz = gx, gy, gz
+            gx, gy, gz = nx, ny, nz
+            break
+        x1, y1, z1 = gx, gy, gz
+        gx, gy, gz = nx, ny, nz
     g[0, j] = gx
     g[1, j] = gy
     g[2, j] = gz

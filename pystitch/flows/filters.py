@@ -122,15 +122,15 @@ def flow_error_cp3(mask: np.ndarray, dP: np.ndarray) -> float:
     return float(error)
 
 
-def flow_error_cp4(mask: np.ndarray, dP: np.ndarray, niter: int, dtype: type,
-                   tail_from: int | None = None, tail_order: bool = True) -> float:
-    """Cellpose 4's flow error of one 2-D mask.
+def cp4_diffusion(mask: np.ndarray, niter: int, dtype: type, tail_from: int | None = None) -> np.ndarray:
+    """Cellpose 4's diffusion of one 2-D mask: ``T`` on its bounding box padded by one.
 
-    ``mask`` and ``dP`` as for :func:`flow_error_cp3`.  ``niter`` is
-    ``2 * max(h + w + 2)`` over the image's masks, ``dtype`` float64 or float32
-    (see :func:`cp4_diffusion_dtype`); the object's voxels from index
+    ``mask``: the object's voxels within exactly its bounding box.  ``niter``
+    is ``2 * max(h + w + 2)`` over the image's masks, ``dtype`` float64 or
+    float32 (see :func:`cp4_diffusion_dtype`); the object's voxels from index
     ``tail_from`` on (C order) are the image's last ``N mod V`` mask voxels,
-    whose nine neighbours torch sums in its tail order.
+    whose nine neighbours torch sums in its tail order.  ``T`` is zero outside
+    the mask.
     """
     mask = np.asarray(mask, bool)
     h, w = mask.shape
@@ -147,35 +147,31 @@ def flow_error_cp4(mask: np.ndarray, dP: np.ndarray, niter: int, dtype: type,
     cy, cx = _cp4_centre(mask)
     med = (cy + 1) * lx + (cx + 1)
     T = np.zeros(ly * lx, dtype)
-    tail = np.zeros(n, bool)
-    if tail_from is not None and tail_order:
-        tail[tail_from:] = True
-    body = ~tail
+    tail_start = n if tail_from is None else int(tail_from)
     nine = dtype(9)
     one = dtype(1)
     for _ in range(int(niter)):
         T[med] += one
-        values = T[flat] * isneighbour
-        new = np.empty(n, dtype)
-        if body.any():
-            total = values[0, body]
-            for k in range(1, 9):
-                total = total + values[k, body]
-            new[body] = total
-        if tail.any():
-            v = values[:, tail]
-            acc0 = v[0] + v[4]
-            acc1 = v[1] + v[5]
-            acc2 = v[2] + v[6]
-            acc3 = v[3] + v[7]
-            acc0 = acc0 + v[8]
-            new[tail] = ((acc0 + acc1) + acc2) + acc3
-        T[flat[0]] = new / nine
-    dy = T[flat[2]] - T[flat[1]]
-    dx = T[flat[4]] - T[flat[3]]
+        T[flat[0]] = _sum9(T[flat] * isneighbour, tail_start) / nine
+    return T.reshape(ly, lx)
+
+
+def flow_error_cp4(mask: np.ndarray, dP: np.ndarray, T: np.ndarray) -> float:
+    """Cellpose 4's flow error of one 2-D mask.
+
+    ``mask`` and ``dP`` as for :func:`flow_error_cp3`; ``T`` on the mask's box
+    padded by one: the diffusion of this mask *and of every mask touching it*
+    (cellpose 4 takes the flow of a border voxel from its neighbours' values,
+    whatever mask they belong to).  The error is ``numpy.mean`` of the squared
+    difference summed over the two axes.
+    """
+    y, x = np.nonzero(mask)
+    y1, x1 = y + 1, x + 1
+    dy = T[y1 + 1, x1] - T[y1 - 1, x1]
+    dx = T[y1, x1 + 1] - T[y1, x1 - 1]
     mu = np.stack((dy, dx)).astype(np.float64)
     mu /= 1e-60 + (mu ** 2).sum(axis=0) ** 0.5
-    net = dP[:, y - 1, x - 1] / 5.0
+    net = dP[:, y, x] / 5.0
     err = ((mu - net) ** 2).sum(axis=0)
     return float(err.mean())
 
@@ -425,11 +421,28 @@ def _flow_errors(stats: ObjectStats, alive: np.ndarray, ids: np.ndarray, shape: 
     n_voxels = int(stats.count[rows].sum())
     n_tail = n_voxels % block
     tail_from = _tail_starts(stats, rows, n_tail, shape, read_labels)
+    diffused = {}
     for row in rows:
         lo, hi = _box(stats, row)
         mask = read_labels(lo, hi) == stats.labels[row]
-        errors[row] = flow_error_cp4(mask, np.asarray(read_flows(lo, hi), np.float32), niter, dtype,
-                                     tail_from.get(int(row)))
+        diffused[int(row)] = cp4_diffusion(mask, niter, dtype, tail_from.get(int(row)))
+    for row in rows:
+        lo, hi = _box(stats, row)
+        mask = read_labels(lo, hi) == stats.labels[row]
+        # T on the box padded by one, from this mask and every mask whose padded box meets it
+        plo = [a - 1 for a in lo]
+        phi = [b + 1 for b in hi]
+        T = np.zeros(tuple(b - a for a, b in zip(plo, phi)), diffused[int(row)].dtype)
+        meets = np.all((stats.lo[:, rows] - 1 < np.asarray(phi)[:, None])
+                       & (stats.hi[:, rows] + 1 > np.asarray(plo)[:, None]), axis=0)
+        for other in rows[meets]:
+            olo = stats.lo[:, other] - 1
+            t = diffused[int(other)]
+            a = [max(p, o) for p, o in zip(plo, olo)]
+            b = [min(p, o + s) for p, o, s in zip(phi, olo, t.shape)]
+            T[tuple(slice(u - p, v - p) for u, v, p in zip(a, b, plo))] += \
+                t[tuple(slice(u - o, v - o) for u, v, o in zip(a, b, olo))]
+        errors[row] = flow_error_cp4(mask, np.asarray(read_flows(lo, hi), np.float32), T)
     return errors
 
 
