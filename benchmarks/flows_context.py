@@ -151,10 +151,11 @@ def _eval(model, image: np.ndarray, lohi: tuple[float, float], diameter: float):
     kwargs = dict(diameter=diameter, normalize={"normalize": True, "lowhigh": [list(lohi)], "norm3D": False,
                                                "invert": False, "percentile": None},
                   compute_masks=False)
-    if model.net.__class__.__name__ == "CPnet":
+    if model.net.__class__.__name__ == "CPnet":  # grayscale as (image, zeros), one (low, high) per channel
         kwargs["channels"] = [0, 0]
         kwargs["normalize"]["lowhigh"] = [list(lohi), [0.0, 1.0]]
-    _, flows, _ = model.eval(image, **kwargs)[:3]
+    # a copy: cellpose 4.2 normalises a float32 input in place
+    _, flows, _ = model.eval(image.copy(), **kwargs)[:3]
     return np.concatenate([flows[1], flows[2][None]], axis=0)
 
 

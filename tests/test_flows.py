@@ -120,10 +120,10 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
 
 
-def blockwise(dP, cellprob, block, halo, seed=0, **kw):
+def blockwise(dP, cellprob, block, halo, seed=0, offset=None, **kw):
     shape = cellprob.shape
-    order = np.random.default_rng(seed).permutation(len(block_grid(shape, block)))
-    out, report, _ = masks_blockwise(dP, cellprob, block, DYN, halo=halo, order=order,
+    order = np.random.default_rng(seed).permutation(len(block_grid(shape, block, offset)))
+    out, report, _ = masks_blockwise(dP, cellprob, block, DYN, halo=halo, order=order, offset=offset,
                                      do_3D=len(shape) == 3, **kw)
     return out, report
 
@@ -185,18 +185,18 @@ def test_a_trajectory_that_leaves_its_window_is_flagged() -> None:
 # ---------------------------------------------------------------- the whole computation
 
 
-@pytest.mark.parametrize("shape,block", [
-    ((96, 130), (32, 32)),
-    ((96, 130), (41, 57)),
-    ((96, 130), (96, 130)),
-    ((24, 40, 44), (12, 16, 20)),
-    ((24, 40, 44), (11, 40, 17)),
+@pytest.mark.parametrize("shape,block,offset", [
+    ((96, 130), (32, 32), None),
+    ((96, 130), (41, 57), (13, 40)),
+    ((96, 130), (96, 130), None),
+    ((24, 40, 44), (12, 16, 20), None),
+    ((24, 40, 44), (11, 40, 17), (5, 0, 9)),
 ])
-def test_blockwise_masks_equal_cellpose(shape, block) -> None:
+def test_blockwise_masks_equal_cellpose(shape, block, offset) -> None:
     ndim = len(shape)
     dP, cellprob = synthetic(shape, 30 if ndim == 2 else 16, 7 if ndim == 2 else 5, seed=3)
     ref = cellpose_masks(dP, cellprob, do_3D=ndim == 3, **SETTINGS)
-    out, report = blockwise(dP, cellprob, block, halo=(6,) * ndim, seed=len(block), **SETTINGS)
+    out, report = blockwise(dP, cellprob, block, halo=(6,) * ndim, seed=len(block), offset=offset, **SETTINGS)
     assert ref.max() >= 8
     assert same_partition(out, ref)
     assert np.array_equal(out, ref)  # min_size > 0: cellpose's last step numbers by first voxel, as here
@@ -243,8 +243,9 @@ def test_no_background_and_no_foreground() -> None:
 def test_ids_do_not_depend_on_the_grid_or_the_order() -> None:
     shape = (90, 110)
     dP, cellprob = synthetic(shape, 25, 7, seed=7)
-    results = [blockwise(dP, cellprob, block, halo=(h, h), seed=s, **SETTINGS)[0]
-               for block, h, s in [((30, 30), 3, 0), ((30, 30), 3, 1), ((47, 19), 8, 2), ((90, 110), 1, 3)]]
+    results = [blockwise(dP, cellprob, block, halo=(h, h), seed=s, offset=o, **SETTINGS)[0]
+               for block, h, s, o in [((30, 30), 3, 0, None), ((30, 30), 3, 1, (11, 29)), ((47, 19), 8, 2, None),
+                                      ((90, 110), 1, 3, None)]]
     for other in results[1:]:
         assert np.array_equal(results[0], other)
     ids = np.unique(results[0])
@@ -357,6 +358,15 @@ def test_small_mask_rule_of_each_version() -> None:
     assert (got[0:5, 0:6] > 0).all() and not got[12:14, 0:2].any()
     big_one_kept = bool((got[6:11, 0:6] > 0).all())
     assert big_one_kept == (not DYN.small_masks_by_index)  # cellpose 3 loses the 30-pixel mask 3
+
+
+def test_block_grid_covers_the_image_once() -> None:
+    for shape, block, offset in [((10, 7), (3, 4), None), ((10, 7), (3, 4), (2, 1)), ((5, 6, 7), (5, 2, 3), (4, 1, 0))]:
+        seen = np.zeros(shape, int)
+        for lo, hi in block_grid(shape, block, offset):
+            assert all(0 < b - a <= c for a, b, c in zip(lo, hi, block))
+            seen[tuple(slice(a, b) for a, b in zip(lo, hi))] += 1
+        assert (seen == 1).all()
 
 
 def test_object_stats_merge_in_any_order() -> None:

@@ -40,17 +40,27 @@ __all__ = ["BlockwiseReport", "block_grid", "masks_blockwise"]
 SEED_MARGIN = GROW_STEPS + MAX_BOX // 2
 
 
-def block_grid(shape: Sequence[int], block: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Cores ``(lo, hi)`` of a regular grid of ``block`` (the last ones clipped), C order."""
+def block_grid(shape: Sequence[int], block: Sequence[int],
+               offset: Sequence[int] | None = None) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Cores ``(lo, hi)`` of a regular grid of ``block``, C order.
+
+    Grid lines lie at ``offset + k * block`` (``offset`` per axis in
+    ``[0, block)``, default 0): the first and last cores of an axis are
+    clipped to the image.
+    """
     shape = tuple(int(s) for s in shape)
     block = tuple(int(b) for b in block)
     if len(block) != len(shape) or any(b < 1 for b in block):
         raise InputError(f"Expected a block shape of {len(shape)} positive sizes. Got {block} instead.")
-    starts = [range(0, s, b) for s, b in zip(shape, block)]
+    offset = (0,) * len(shape) if offset is None else tuple(int(o) % b for o, b in zip(offset, block))
+    edges = []
+    for s, b, o in zip(shape, block, offset):
+        cuts = [c for c in range(o, s, b) if c > 0]
+        edges.append([0, *cuts, s])
     grid = []
-    for lo in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape)):
-        lo = tuple(int(v) for v in lo)
-        hi = tuple(min(s, a + b) for a, b, s in zip(lo, block, shape))
+    for index in np.ndindex(*[len(e) - 1 for e in edges]):
+        lo = tuple(edges[a][i] for a, i in enumerate(index))
+        hi = tuple(edges[a][i + 1] for a, i in enumerate(index))
         grid.append((lo, hi))
     return grid
 
@@ -75,12 +85,14 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
                     halo: Sequence[int], niter: int = 200, cellprob_threshold: float = 0.0,
                     flow_threshold: float | None = 0.4, min_size: int = 15, max_size_fraction: float = 0.4,
                     do_3D: bool | None = None, order: Sequence[int] | None = None,
-                    argsort: str = "torch") -> tuple[np.ndarray, BlockwiseReport, Resolution]:
+                    offset: Sequence[int] | None = None, argsort: str = "torch",
+                    threads: int = 1) -> tuple[np.ndarray, BlockwiseReport, Resolution]:
     """Cellpose's masks from ``dP`` and ``cellprob`` computed block by block.
 
     Equal to ``cellpose.dynamics.resize_and_compute_masks`` on the whole arrays
     (up to the numbering when ``min_size <= 0``: ids here are always 1..n by
-    first voxel).  ``order`` permutes the blocks of every per-block step.
+    first voxel).  ``order`` permutes the blocks of every per-block step;
+    ``offset`` shifts the grid (see :func:`block_grid`).
     """
     cellprob = np.asarray(cellprob)
     shape = cellprob.shape
@@ -90,7 +102,7 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     dP = np.asarray(dP)
     if dP.shape != (ndim, *shape):
         raise InputError(f"Expected flows of shape {(ndim, *shape)}. Got {dP.shape} instead.")
-    grid = block_grid(shape, block)
+    grid = block_grid(shape, block, offset)
     order = list(range(len(grid))) if order is None else [int(i) for i in order]
     if sorted(order) != list(range(len(grid))):
         raise InputError(f"Expected order to be a permutation of the {len(grid)} blocks.")
@@ -104,7 +116,7 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     pieces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for b in order:
         lo, hi = grid[b]
-        followed[b] = follow_block(read, lo, hi, shape, niter, cellprob_threshold, dynamics, halo)
+        followed[b] = follow_block(read, lo, hi, shape, niter, cellprob_threshold, dynamics, halo, threads)
         pieces[b] = endpoint_histogram(followed[b].ends)
 
     # 2. seeds per region, from the pieces that reach it

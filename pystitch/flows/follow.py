@@ -72,7 +72,8 @@ def step_field(dP: np.ndarray, foreground: np.ndarray, dynamics: Dynamics,
 
 
 def follow_points(steps: np.ndarray, origin: Sequence[int], global_shape: Sequence[int],
-                  starts: np.ndarray, niter: int, dynamics: Dynamics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  starts: np.ndarray, niter: int, dynamics: Dynamics,
+                  threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """End points of ``starts`` (ndim, n) int64 global voxel coordinates.
 
     ``steps`` is :func:`step_field` of the window at global ``origin``.
@@ -80,14 +81,25 @@ def follow_points(steps: np.ndarray, origin: Sequence[int], global_shape: Sequen
     (the trajectory needed flows outside the window: its end is undefined) and
     ``reach`` (ndim, n) int32, the largest distance per axis between the start
     voxel and a flow voxel the trajectory read (the halo it needed).
+    ``threads`` > 1 follows parts of the points in threads (the kernels
+    release the GIL); the result does not depend on it.
     """
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    if threads > 1 and starts.ndim == 2 and starts.shape[1] >= 2 * threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = np.array_split(np.arange(starts.shape[1]), threads)
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(lambda idx: follow_points(steps, origin, global_shape,
+                                                           starts[:, idx], niter, dynamics), parts))
+        return (np.concatenate([d[0] for d in done], axis=1), np.concatenate([d[1] for d in done]),
+                np.concatenate([d[2] for d in done], axis=1))
     from .._core import _flows
 
     ndim = len(global_shape)
     shape = tuple(int(s) for s in global_shape)
     if any(s < 2 for s in shape):
         raise InputError(f"Expected every axis of the image to have at least 2 voxels. Got shape {shape} instead.")
-    starts = np.ascontiguousarray(starts, dtype=np.int64)
     if starts.ndim != 2 or starts.shape[0] != ndim:
         raise InputError(f"Expected starts of shape ({ndim}, n). Got {starts.shape} instead.")
     n = starts.shape[1]
@@ -145,7 +157,7 @@ class FollowedBlock:
 
 def follow_block(read: WindowReader, lo: Sequence[int], hi: Sequence[int], global_shape: Sequence[int],
                  niter: int, cellprob_threshold: float, dynamics: Dynamics,
-                 halo: Sequence[int]) -> FollowedBlock:
+                 halo: Sequence[int], threads: int = 1) -> FollowedBlock:
     """Follow every foreground voxel of the core ``[lo, hi)``.
 
     ``read(wlo, whi)`` returns ``(dP, cellprob)`` of the box ``[wlo, whi)``
@@ -170,7 +182,7 @@ def follow_block(read: WindowReader, lo: Sequence[int], hi: Sequence[int], globa
     starts = np.stack(np.nonzero(foreground[core])).astype(np.int64).reshape(ndim, -1)
     starts += np.asarray(lo, np.int64)[:, None]
     steps = step_field(dP, foreground, dynamics, shape, wlo)
-    ends, escaped, reach = follow_points(steps, wlo, shape, starts, niter, dynamics)
+    ends, escaped, reach = follow_points(steps, wlo, shape, starts, niter, dynamics, threads)
     n_escaped = int(escaped.sum())
     while escaped.any():
         if wlo == (0,) * ndim and whi == shape:
@@ -180,7 +192,8 @@ def follow_block(read: WindowReader, lo: Sequence[int], hi: Sequence[int], globa
         dP, cellprob = _read(read, wlo, whi, ndim)
         steps = step_field(dP, cellprob > cellprob_threshold, dynamics, shape, wlo)
         again = np.nonzero(escaped)[0]
-        ends_again, escaped_again, reach_again = follow_points(steps, wlo, shape, starts[:, again], niter, dynamics)
+        ends_again, escaped_again, reach_again = follow_points(steps, wlo, shape, starts[:, again], niter,
+                                                               dynamics, threads)
         ends[:, again] = ends_again
         reach[:, again] = reach_again
         escaped[again] = escaped_again
