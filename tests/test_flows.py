@@ -392,8 +392,8 @@ def test_niter_follows_eval() -> None:
 
 def test_trajectories_stay_within_one_diameter() -> None:
     """The follow halo: no trajectory reads flows farther than one object diameter
-    from its start (the largest measured here is about 0.8 diameter)."""
-    for shape, radius in (((120, 140), 8.0), ((30, 48, 52), 6.0)):
+    from its start (here at most about 0.8 of the largest diameter)."""
+    for shape, radius in (((96, 110), 8.0), ((24, 40, 44), 6.0)):
         dP, cellprob = synthetic(shape, 30 if len(shape) == 2 else 16, radius, seed=11)
         _, report = blockwise(dP, cellprob, tuple(s // 2 for s in shape), halo=(2,) * len(shape), **SETTINGS)
         diameter = 2 * 1.3 * radius  # the largest object
