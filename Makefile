@@ -52,9 +52,9 @@ test: setup setup-cellpose4
 test-main: setup
 	$(PY) -m pytest -q
 
-# the Cellpose adapter against Cellpose 4 (its small test model is trained on first use)
+# the Cellpose adapter and the flow dynamics against Cellpose 4 (its small test model is trained on first use)
 test-cellpose4: setup-cellpose4
-	$(CP4_VENV)/bin/python -m pytest -q tests/test_cellpose_adapter.py
+	$(CP4_VENV)/bin/python -m pytest -q tests/test_cellpose_adapter.py tests/test_flows.py
 
 # benchmark suite (peers and plotting installed on demand); results in benchmarks/results/
 bench: setup
