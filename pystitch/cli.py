@@ -27,7 +27,6 @@ import re
 import shutil
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import params as P

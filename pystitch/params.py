@@ -27,7 +27,7 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import InputError
 

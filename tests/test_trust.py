@@ -29,7 +29,7 @@ from scipy import ndimage
 
 import pystitch
 from helpers import assert_partition_equivalent, load, save
-from pystitch.errors import InputError, OutputExistsError, PlanMismatchError, StagingError
+from pystitch.errors import InputError, OutputExistsError, StagingError
 from pystitch.example import blobs, write_example
 
 SEG = str(Path(__file__).parent / "segmenters.py")

@@ -25,7 +25,7 @@ names the block, never a silent change of the result.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import zarr
