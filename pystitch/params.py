@@ -213,7 +213,7 @@ PARAMS: tuple[Param, ...] = (
        "(default: <output stem>_work); an interrupted run resumes from it", commands=PLAN_AND_RUN,
        group="output", nextflow=False),
     _p("report_dir", "str", "regions table, QC pictures and summary (default: <output stem>_report)",
-       commands=PLAN_AND_RUN, group="output", nextflow=False),
+       commands=PLAN_AND_RUN + ("finalize",), group="output", nextflow=False),
     _p("keep_work", "bool", "keep the work directory after success", default=False, commands=("run",),
        group="output", nextflow=False),
     # ---- blocks
@@ -276,6 +276,8 @@ PARAMS: tuple[Param, ...] = (
        group="step", commands=("finalize",), nextflow=False),
     _p("out", "str", "where to write: a file or a directory (default: in the work directory)", group="step",
        commands=("face-pairs", "resolve", "apply-lut"), nextflow=False),
+    _p("output", "str", "publish the label image here instead of at the plan's output path", group="step",
+       commands=("finalize",), nextflow=False),
     _p("trace", "str", "a Nextflow trace file (-with-trace), for per-step timings in the summary", group="step",
        commands=("finalize",), nextflow=False),
     _p("size", "int", "blocks per batch (one task each)", default=64, group="step", commands=("batches",),
