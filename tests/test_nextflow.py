@@ -29,8 +29,8 @@ import zarr
 from scipy import ndimage
 
 from helpers import assert_partition_equivalent, assert_sequential, load, save
-from nf_support import (MAIN, PIPELINE_STEPS, REPO, SEGMENTERS, assert_same_labels, nextflow, ok,  # noqa: F401
-                        reference_run, step, summary_of, trace_rows)
+from nf_support import (MAIN, PIPELINE_STEPS, REPO, SEGMENTERS, TEST_SETTINGS, assert_same_labels,  # noqa: F401
+                        nextflow, ok, reference_run, step, summary_of, trace_rows)
 from pystitch.example import write_example
 
 pytestmark = [pytest.mark.nextflow, pytest.mark.slow]
