@@ -138,7 +138,7 @@ resolve() {
     echo "$(cd "$(dirname "$p")" && pwd -P)/$(basename "$p")"
 }
 
-# `nextflow -v` prints "nextflow version 24.10.8.5940": keep "24.10.8".
+# `nextflow -v` prints "nextflow version 25.04.4.5950": keep "25.04.4".
 reported_version() {
     local exe="$1" out
     if command -v timeout >/dev/null 2>&1; then
