@@ -41,9 +41,9 @@ setup-cellpose4: $(CP4_VENV)/.stamp
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" NXF_ANSI_LOG=false \
 	    "$$(scripts/install-nextflow.sh | tail -n 1)" run main.nf -profile test --outdir $(DEMO_DIR)/results --overwrite true -resume
-	@$(PY) -c 'import json, sys; s = json.load(open(sys.argv[1])); \
-	    print("%d objects in %d blocks -> %s" % (s["objects"], s["blocks"], s["output"])); \
-	    print("report: %s/summary.html" % s["report_dir"])' $(DEMO_DIR)/results/example/labels_report/summary.json
+	@$(PY) -c 'import json, sys; s = json.load(open(sys.argv[1] + "/labels_report/summary.json")); \
+	    print("%d objects in %d blocks -> %s/labels.zarr" % (s["objects"], s["blocks"], sys.argv[1])); \
+	    print("report: %s/labels_report/summary.html" % sys.argv[1])' $(DEMO_DIR)/results/example
 
 # both suites always run (-k): a failure in one does not hide the other's result
 test: setup setup-cellpose4

@@ -7,8 +7,9 @@
  *   nextflow run main.nf -profile test                      # built-in example image
  *   nextflow run main.nf --input image.zarr --outdir results \
  *       --block_shape 64,256,256 --halo 8,16,16 --threshold 500
+ *   nextflow run main.nf --help                             # the parameters
  *
- * Parameters, profiles and outputs: README.md, section "Nextflow pipeline".
+ * Parameters: nextflow_schema.json; usage: docs/usage.md; outputs: docs/output.md.
  */
 
 include { PYSTITCH                } from './workflows/pystitch'
@@ -16,20 +17,24 @@ include { PIPELINE_INITIALISATION } from './subworkflows/local/utils_pystitch'
 include { PIPELINE_COMPLETION     } from './subworkflows/local/utils_pystitch'
 
 workflow {
+
+    main:
     PIPELINE_INITIALISATION()
 
-    PYSTITCH(PIPELINE_INITIALISATION.out.images)
-
-    PIPELINE_COMPLETION(
-        PIPELINE_INITIALISATION.out.versions.mix(PYSTITCH.out.versions)
+    PYSTITCH(
+        PIPELINE_INITIALISATION.out.images,
+        PIPELINE_INITIALISATION.out.staging_dir,
+        PIPELINE_INITIALISATION.out.blocks_per_task
     )
-}
 
-workflow.onComplete {
-    if (workflow.success) {
-        log.info "pystitch: done. Label images and reports are in ${file(params.outdir)}/<sample>/ " +
-            "(labels.zarr, labels_report/)."
-    } else if (workflow.errorMessage) {
-        log.info "pystitch: failed. Fix the error above, then run the same command with -resume: finished tasks are not run again."
+    PIPELINE_COMPLETION(params.outdir)
+
+    workflow.onComplete = {
+        if (workflow.success) {
+            log.info("pystitch: done. Label images and reports are in ${file(params.outdir)}/<sample>/ " +
+                "(labels.zarr, labels_report/).")
+        } else if (workflow.errorMessage) {
+            log.info("pystitch: failed. Fix the error above, then run the same command with -resume: finished tasks are not run again.")
+        }
     }
 }

@@ -283,7 +283,8 @@ def cmd_finalize(o: dict) -> None:
     core, _ = P.bind("finalize", o)
     faces = None if core["qc_faces"] == "all" else core["qc_faces"]
     summary = finalize(core["plan"], lut=core["lut"], stats=_paths(core["stats"]), overwrite=core["overwrite"],
-                       trace=core["trace"], qc_faces=faces, pictures=core["pictures"], grid=core["grid"])
+                       trace=core["trace"], qc_faces=faces, pictures=core["pictures"], grid=core["grid"],
+                       output=core["output"], report_dir=core["report_dir"])
     print(summary["output"])
     print(summary["report_dir"])
 

@@ -213,7 +213,7 @@ PARAMS: tuple[Param, ...] = (
        "(default: <output stem>_work); an interrupted run resumes from it", commands=PLAN_AND_RUN,
        group="output", nextflow=False),
     _p("report_dir", "str", "regions table, QC pictures and summary (default: <output stem>_report)",
-       commands=PLAN_AND_RUN, group="output", nextflow=False),
+       commands=PLAN_AND_RUN + ("finalize",), group="output", nextflow=False),
     _p("keep_work", "bool", "keep the work directory after success", default=False, commands=("run",),
        group="output", nextflow=False),
     # ---- blocks
@@ -276,6 +276,8 @@ PARAMS: tuple[Param, ...] = (
        group="step", commands=("finalize",), nextflow=False),
     _p("out", "str", "where to write: a file or a directory (default: in the work directory)", group="step",
        commands=("face-pairs", "resolve", "apply-lut"), nextflow=False),
+    _p("output", "str", "publish the label image here instead of at the plan's output path", group="step",
+       commands=("finalize",), nextflow=False),
     _p("trace", "str", "a Nextflow trace file (-with-trace), for per-step timings in the summary", group="step",
        commands=("finalize",), nextflow=False),
     _p("size", "int", "blocks per batch (one task each)", default=64, group="step", commands=("batches",),
@@ -307,7 +309,7 @@ PARAMS: tuple[Param, ...] = (
     # ---- threshold backend
     _p("threshold", "text", "foreground above this intensity: a number, or otsu (computed ONCE for the whole "
        "image)", backend="threshold", commands=PLAN_AND_RUN, group="threshold backend", metavar="N|otsu",
-       help_text="Required with the threshold backend."),
+       required=True, help_text="Required with the threshold backend."),
     _p("sigma", "text", "Gaussian smoothing before thresholding, one value or one per axis", backend="threshold",
        commands=PLAN_AND_RUN, group="threshold backend", metavar="S[,S,S]"),
     _p("connectivity", "text", "connectivity of objects: 1..ndim, or full (default 1)", backend="threshold",
@@ -317,7 +319,7 @@ PARAMS: tuple[Param, ...] = (
     # ---- callable backend
     _p("function", "str", "the segmenter: module:function or file.py:function; it gets the block's image and "
        "returns integer labels of the same shape", backend="callable", commands=PLAN_AND_RUN,
-       group="callable backend", metavar="MOD:FN|FILE.py:FN",
+       group="callable backend", metavar="MOD:FN|FILE.py:FN", required=True,
        help_text="In the pipeline, give a file by absolute path (plan-blocks runs in its task directory)."),
     _p("kwargs", "text", "keyword arguments of the function, as a JSON object", backend="callable",
        commands=PLAN_AND_RUN, group="callable backend", metavar="JSON"),
@@ -369,8 +371,17 @@ PARAMS: tuple[Param, ...] = (
        commands=(PIPELINE,), group="running", minimum=1),
     _p("backend_args", "str", "more plan-blocks arguments, passed as they are", commands=(PIPELINE,),
        group="segmentation"),
-    _p("staging_dir", "str", "shared folder for the big intermediate stores", commands=(PIPELINE,),
-       group="running", path_format="directory-path"),
+    _p("staging_dir", "str", "shared folder for the big intermediate stores (default: pystitch-staging/ in the "
+       "work directory)", commands=(PIPELINE,), group="running", path_format="directory-path"),
+    _p("publish_dir_mode", "str", "how results are published from the work directory to --outdir",
+       default="link", choices=("link", "copy", "copyNoFollow", "symlink", "rellink", "move"),
+       commands=(PIPELINE,), group="output",
+       help_text="link: hard links, file by file (no data copied; the results outlive the work directory; "
+       "--outdir on the work directory's filesystem). copy: another filesystem or an object store. "
+       "symlink, rellink: links into the work directory. move: breaks -resume."),
+    _p("trace_report_suffix", "str", "suffix of the run reports in <outdir>/pipeline_info (default: the start "
+       "time)", commands=(PIPELINE,), group="output"),
+    _p("help", "bool", "show the parameters and exit", default=False, commands=(PIPELINE,), group="running"),
     _p("example_shape", "shape", "shape of the image made by --input example", default="24,96,96",
        commands=(PIPELINE,), group="example"),
     _p("container_cpu", "str", "container image of every step but GPU segmentation", default="pystitch-cpu:0.1.0",
@@ -530,6 +541,10 @@ def nextflow_schema() -> dict[str, Any]:
     for entry in defs.values():
         if not entry["required"]:
             del entry["required"]
+    # options required with their backend: {if: backend is X, then: required [...]}
+    rules = [{"if": {"properties": {"backend": {"const": b}}, "required": ["backend"]},
+              "then": {"required": [p.name for p in backend_options(b) if p.required and p.nextflow]}}
+             for b in BACKENDS if any(p.required and p.nextflow for p in backend_options(b))]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
@@ -537,7 +552,7 @@ def nextflow_schema() -> dict[str, Any]:
         "description": "Segment images larger than memory block by block and stitch the labels into one image.",
         "type": "object",
         "$defs": defs,
-        "allOf": [{"$ref": f"#/$defs/{key}"} for key in defs],
+        "allOf": [{"$ref": f"#/$defs/{key}"} for key in defs] + rules,
     }
 
 

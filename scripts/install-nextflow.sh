@@ -32,7 +32,7 @@
 #   NXF_PROBE_URL        URL probed for internet access and downloaded as the
 #                        official launcher (default https://get.nextflow.io)
 #
-# Requirements: bash, Java 11-23 (17 or 21 recommended); curl for the launcher
+# Requirements: bash, Java 17-24 (17 or 21 recommended); curl for the launcher
 # method; Maven (mvn) for the maven method.
 #
 # No plugins are installed. A pipeline of this project must not need any
@@ -41,7 +41,7 @@
 set -euo pipefail
 
 # The pinned version. Bump it here; NXF_VER in the environment overrides it.
-NXF_PINNED_VERSION="24.10.8"
+NXF_PINNED_VERSION="25.04.4"
 VERSION="${NXF_VER:-$NXF_PINNED_VERSION}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -138,7 +138,7 @@ resolve() {
     echo "$(cd "$(dirname "$p")" && pwd -P)/$(basename "$p")"
 }
 
-# `nextflow -v` prints "nextflow version 24.10.8.5940": keep "24.10.8".
+# `nextflow -v` prints "nextflow version 25.04.4.5950": keep "25.04.4".
 reported_version() {
     local exe="$1" out
     if command -v timeout >/dev/null 2>&1; then
@@ -182,8 +182,8 @@ java_cmd="${NXF_JAVA_HOME:+$NXF_JAVA_HOME/bin/java}"
 java_major="$("$java_cmd" -version 2>&1 | sed -n 's/.* version "\([0-9][0-9]*\)\(\.[0-9]*\)*.*".*/\1/p' | head -n 1)"
 if [[ "$java_major" == 1 ]]; then java_major=8; fi # "1.8.0_x"
 [[ -n "$java_major" ]] || die "cannot tell the version of $java_cmd"
-((java_major >= 11)) || die "Nextflow $VERSION needs Java 11 or later; $java_cmd is Java $java_major"
-((java_major <= 23)) || log "warning: Java $java_major is newer than Nextflow 24.10 is tested with (up to 23)"
+((java_major >= 17)) || die "Nextflow $VERSION needs Java 17 or later; $java_cmd is Java $java_major"
+((java_major <= 24)) || log "warning: Java $java_major is newer than Nextflow $VERSION is tested with (up to 24)"
 
 # --- staging: build the new install next to the old one, then swap -------------
 stage=''

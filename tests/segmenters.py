@@ -100,3 +100,39 @@ def slow(block: np.ndarray, seconds: float = 0.5) -> np.ndarray:
 
     time.sleep(seconds)
     return ndimage.label(block > 500)[0]
+
+
+def _first_call(marker: str) -> bool:
+    """True for the one call anywhere that creates ``marker`` (atomically);
+    the marker holds the SLURM job id of that call, if any."""
+    if not marker:
+        return False
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, os.environ.get("SLURM_JOB_ID", "").encode())
+    os.close(fd)
+    return True
+
+
+def slow_once(block: np.ndarray, marker: str = "", seconds: float = 120.0) -> np.ndarray:
+    """Threshold at 500, but the first call anywhere sleeps ``seconds`` first
+    (long enough for a test to find its job and cancel it)."""
+    if _first_call(marker):
+        import time
+
+        time.sleep(seconds)
+    return ndimage.label(block > 500)[0]
+
+
+def memory_hog_once(block: np.ndarray, marker: str = "", megabytes: int = 1024) -> np.ndarray:
+    """Threshold at 500, but the first call anywhere first holds ``megabytes``
+    of touched memory for a few seconds (more than its task asked for)."""
+    if _first_call(marker):
+        import time
+
+        hog = np.ones(megabytes * 2**20 // 8)
+        time.sleep(6)
+        del hog
+    return ndimage.label(block > 500)[0]

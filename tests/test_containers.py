@@ -422,8 +422,9 @@ def _nextflow_executable() -> str:
 @pytest.mark.nextflow
 def test_nextflow_podman_profile_equals_host_run(podman_env, cpu_image, tmp_path):
     """`nextflow run main.nf -profile test,podman`: every task in the CPU image
-    (local executor), the output folder and --staging_dir mounted by the podman
-    profile, and the labels byte-identical to `pystitch run` on the host."""
+    (local executor), --staging_dir mounted by the pipeline (the results are
+    published by Nextflow itself, on the host), and the labels byte-identical
+    to `pystitch run` on the host."""
     nextflow = _nextflow_executable()
     launch, outdir, staging = tmp_path / "launch", tmp_path / "results", tmp_path / "stores"
     launch.mkdir()
@@ -442,15 +443,15 @@ def test_nextflow_podman_profile_equals_host_run(podman_env, cpu_image, tmp_path
     for wrapper in wrappers:
         line = next(x for x in wrapper.read_text().splitlines() if x.strip().startswith("podman run"))
         assert f" {cpu_image} " in line and user in line.replace("$(id -u):$(id -g)", f"{os.getuid()}:{os.getgid()}")
-        assert f"-v '{outdir}:{outdir}'" in line and f"-v '{staging}:{staging}'" in line, line
+        assert f"-v '{staging}:{staging}'" in line, line
     with open(launch / "trace.txt", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert len(rows) == 14 and {r["status"] for r in rows} == {"COMPLETED"}
 
     # the same image and settings through `pystitch run` on the host
     summary = json.loads((outdir / "example" / "labels_report" / "summary.json").read_text())
-    assert summary["output"] == str(outdir / "example" / "labels.zarr") and summary["objects"] > 3
-    assert (staging / "example" / "plan.json").is_file()
+    assert summary["objects"] > 3
+    assert len(list(staging.glob("example-*/plan.json"))) == 1
     _run([host_pystitch(), "run", summary["image"], tmp_path / "host.zarr", *NF_TEST_SETTINGS,
           "--workers", "2", "--quiet"], cwd=tmp_path)
     pipeline, host = outdir / "example" / "labels.zarr", tmp_path / "host.zarr"

@@ -16,7 +16,13 @@
  *
  * Only small files travel through channels (plan.json, manifests, pairs, lut,
  * statistics): the image, the staging store and the partial output are reached
- * through the absolute paths in plan.json, so -resume works task by task.
+ * through the absolute paths in plan.json, so -resume works task by task. The
+ * stores live in a folder of the staging directory per image, run and
+ * settings (never in a task directory); FINALIZE moves the finished label
+ * image into its own task directory, from where publishDir publishes it.
+ *
+ * Each batch task gets the memory, time and cores that `python -m pystitch.resources`
+ * estimated from the plan (block size and backend) for its step.
  */
 
 include { PLAN_BLOCKS      } from '../modules/local/plan_blocks'
@@ -38,51 +44,59 @@ def gatherPerImage(ch_items, ch_counts) {
         .combine(ch_counts, by: 0)
         .map { meta, files, n -> [ groupKey(meta, n), files ] }
         .groupTuple()
-        .map { key, files -> [ key.getGroupTarget(), files.flatten().sort { it.name } ] }
+        .map { key, files -> [ key.getGroupTarget(), files.flatten().sort { f -> f.name } ] }
 }
 
 workflow PYSTITCH {
 
     take:
-    ch_images // channel: [ val(meta), path(image) ]
+    ch_images          // channel: [ val(meta), path(image) ]
+    ch_staging_dir     // value channel: path of the run's staging directory
+    ch_blocks_per_task // value channel: blocks per batch task
 
     main:
-    ch_versions = Channel.empty()
-    def outdir = file(params.outdir).toAbsolutePath().normalize()
-
     //
-    // Plan every image; its final output goes to <outdir>/<id>/labels.zarr and
-    // the report to <outdir>/<id>/labels_report (written by FINALIZE itself).
+    // Plan every image; its stores go to <staging_dir>/<id>-<key>, the key being
+    // one per run (-resume keeps it), image and settings
     //
     PLAN_BLOCKS(
-        ch_images.map { meta, image -> [ meta, image, "${outdir}/${meta.id}".toString() ] },
-        params.blocks_per_task
+        ch_images
+            .combine(ch_staging_dir)
+            .map { meta, image, staging ->
+                def key = [ workflow.sessionId, image.toString(), meta ].toString().md5().substring(0, 12)
+                [ meta, image, "${staging}/${meta.id}-${key}".toString() ]
+            },
+        ch_blocks_per_task
     )
-    ch_versions = ch_versions.mix(PLAN_BLOCKS.out.versions.first())
 
     ch_plan = PLAN_BLOCKS.out.plan // [ meta, plan.json ]
 
     // [ meta, [ batch specs ] ]: one line of `pystitch batches` per task
     ch_specs = PLAN_BLOCKS.out.batches
-        .map { meta, txt -> [ meta, txt.readLines()*.trim().findAll { it } ] }
+        .map { meta, txt -> [ meta, txt.readLines()*.trim().findAll { line -> line } ] }
+
+    // [ meta, { step: [memory_mb, minutes, cpus] } ]
+    ch_estimates = PLAN_BLOCKS.out.resources
+        .map { meta, json -> [ meta, new groovy.json.JsonSlurper().parseText(json.text) ] }
 
     // [ meta, number of batches ]: the group size of every per-image gather
     ch_counts = ch_specs.map { meta, specs -> [ meta, specs.size() ] }
 
-    // [ meta, plan.json, image, spec ]: the fan-out
+    // [ meta, plan.json, image, spec, estimates ]: the fan-out
     ch_batches = ch_plan
         .join(ch_images)
         .join(ch_specs)
-        .flatMap { meta, plan, image, specs -> specs.collect { spec -> [ meta, plan, image, spec ] } }
+        .join(ch_estimates)
+        .flatMap { meta, plan, image, specs, estimates -> specs.collect { spec -> [ meta, plan, image, spec, estimates ] } }
 
     //
     // Segment each batch; gather its manifests per image into one JSON Lines file
     //
-    SEGMENT_BLOCK(ch_batches)
-    ch_versions = ch_versions.mix(SEGMENT_BLOCK.out.versions.first())
+    SEGMENT_BLOCK(
+        ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['segment-block'] ] }
+    )
 
     GATHER_MANIFESTS(gatherPerImage(SEGMENT_BLOCK.out.manifests, ch_counts))
-    ch_versions = ch_versions.mix(GATHER_MANIFESTS.out.versions.first())
     ch_manifests = GATHER_MANIFESTS.out.manifests // [ meta, manifests.jsonl ]
 
     //
@@ -91,9 +105,8 @@ workflow PYSTITCH {
     FACE_PAIRS(
         ch_batches
             .combine(ch_manifests, by: 0)
-            .map { meta, plan, image, spec, manifests -> [ meta, plan, manifests, spec ] }
+            .map { meta, plan, _image, spec, estimates, manifests -> [ meta, plan, manifests, spec, estimates['face-pairs'] ] }
     )
-    ch_versions = ch_versions.mix(FACE_PAIRS.out.versions.first())
 
     //
     // Resolve once per image, then relabel each batch
@@ -103,27 +116,29 @@ workflow PYSTITCH {
             .join(ch_manifests)
             .join(gatherPerImage(FACE_PAIRS.out.pairs, ch_counts))
     )
-    ch_versions = ch_versions.mix(RESOLVE.out.versions.first())
 
     APPLY_LUT(
         ch_batches
             .combine(RESOLVE.out.lut, by: 0)
-            .map { meta, plan, image, spec, lut -> [ meta, plan, lut, spec ] }
+            .map { meta, plan, _image, spec, estimates, lut -> [ meta, plan, lut, spec, estimates['apply-lut'] ] }
     )
-    ch_versions = ch_versions.mix(APPLY_LUT.out.versions.first())
 
     //
-    // Regions table, summary, publish the output and the report
+    // Regions table, summary and the finished label image, published by publishDir
     //
     FINALIZE(
         ch_plan
             .join(RESOLVE.out.lut)
             .join(gatherPerImage(APPLY_LUT.out.stats, ch_counts))
     )
-    ch_versions = ch_versions.mix(FINALIZE.out.versions.first())
 
+    results  = FINALIZE.out.results
+    summary  = FINALIZE.out.summary
+    resolved = RESOLVE.out.json
+
+    // (emit by name only: see subworkflows/local/utils_pystitch)
     emit:
-    summary  = FINALIZE.out.summary // channel: [ val(meta), path(summary.json) ]
-    resolved = RESOLVE.out.json     // channel: [ val(meta), path(resolve.json) ]
-    versions = ch_versions          // channel: [ path(versions.yml) ]
+    results  // channel: [ val(meta), path(labels.zarr), path(labels_report) ]
+    summary  // channel: [ val(meta), path(summary.json) ]
+    resolved // channel: [ val(meta), path(resolve.json) ]
 }

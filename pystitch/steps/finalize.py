@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,21 @@ log = logging.getLogger(__name__)
 
 def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = None, stats: Any = None,
              overwrite: bool = False, extra: dict | None = None, trace: str | os.PathLike | None = None,
-             qc_faces: int | None = 256, pictures: bool = True, grid: bool = False) -> dict:
+             qc_faces: int | None = 256, pictures: bool = True, grid: bool = False,
+             output: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None) -> dict:
     """Write the report (regions table, seam QC, pictures, summary) and publish
     the output; returns the summary.
 
     ``trace``: a Nextflow trace file for per-step timings; ``qc_faces``: block
     faces sampled by the seam QC (None: all); ``grid``: draw the block grid on
-    the projections.
+    the projections; ``output``, ``report_dir``: publish there instead of at
+    the plan's paths (e.g. into a workflow task's own directory).
     """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    if output is not None or report_dir is not None:
+        plan = replace(plan, output=os.path.abspath(output) if output is not None else plan.output,
+                       report_dir=os.path.abspath(report_dir) if report_dir is not None else plan.report_dir)
     with DirectoryLock(plan.work_dir):
         return _finalize(plan, t0, lut=lut, stats=stats, overwrite=overwrite, extra=extra, trace=trace,
                          qc_faces=qc_faces, pictures=pictures, grid=grid)

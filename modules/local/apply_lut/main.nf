@@ -1,22 +1,27 @@
 // apply-lut: write the final ids of one batch of blocks into the output chunks
-// and their region statistics (stats-<first>-<last>.npz).
+// (in the plan's staging folder) and their region statistics
+// (stats-<first>-<last>.npz).
 process APPLY_LUT {
     tag "${meta.id}:${blocks}"
-    label 'process_low'
+    // what `python -m pystitch.resources` estimated from the plan for one task of this step
+    cpus   { estimate.cpus }
+    memory { "${estimate.memory_mb * task.attempt} MB" }
+    time   { "${estimate.minutes * task.attempt} min" }
     container "${params.container_cpu}"
 
     input:
-    tuple val(meta), path(plan), path(lut), val(blocks)
+    tuple val(meta), path(plan), path(lut), val(blocks), val(estimate)
 
     output:
-    tuple val(meta), path("stats-*.npz"), emit: stats
-    path "versions.yml"                 , emit: versions
+    tuple val(meta), path("stats-*.npz")                                            , emit: stats
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('apply-lut'), task.ext.args ].findAll { a -> a }.join(' ')
     """
     apply-lut \\
         ${plan} \\
@@ -24,11 +29,6 @@ process APPLY_LUT {
         --lut ${lut} \\
         --out . \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
@@ -36,10 +36,5 @@ process APPLY_LUT {
     def name = String.format('stats-%06d-%06d.npz', ids.first() as long, ids.last() as long)
     """
     touch ${name}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

@@ -15,14 +15,15 @@ process CONVERT {
     tuple val(meta), val(image)
 
     output:
-    tuple val(meta), path("${meta.id}.ome.zarr"), emit: image
-    path "versions.yml"                         , emit: versions
+    tuple val(meta), path("${meta.id}.ome.zarr")                                    , emit: image
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('convert'), task.ext.args ].findAll { a -> a }.join(' ')
     """
     pystitch convert \\
         "${image}" \\
@@ -30,20 +31,10 @@ process CONVERT {
         --workers ${task.cpus} \\
         --no-progress \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
     """
     mkdir "${meta.id}.ome.zarr"
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

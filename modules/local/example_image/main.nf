@@ -10,8 +10,8 @@ process EXAMPLE_IMAGE {
     tuple val(meta), val(shape)
 
     output:
-    tuple val(meta), path("${meta.id}.zarr"), emit: image
-    path "versions.yml"                     , emit: versions
+    tuple val(meta), path("${meta.id}.zarr")                                        , emit: image
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
@@ -23,20 +23,10 @@ process EXAMPLE_IMAGE {
         ${meta.id}.zarr \\
         --shape ${shape} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
     """
     mkdir ${meta.id}.zarr
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

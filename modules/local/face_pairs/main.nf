@@ -3,21 +3,25 @@
 // from the staging store, so it gets the manifests of the whole image.
 process FACE_PAIRS {
     tag "${meta.id}:${blocks}"
-    label 'process_low'
+    // what `python -m pystitch.resources` estimated from the plan for one task of this step
+    cpus   { estimate.cpus }
+    memory { "${estimate.memory_mb * task.attempt} MB" }
+    time   { "${estimate.minutes * task.attempt} min" }
     container "${params.container_cpu}"
 
     input:
-    tuple val(meta), path(plan), path(manifests), val(blocks)
+    tuple val(meta), path(plan), path(manifests), val(blocks), val(estimate)
 
     output:
-    tuple val(meta), path("pairs-*.npz"), emit: pairs
-    path "versions.yml"                 , emit: versions
+    tuple val(meta), path("pairs-*.npz")                                            , emit: pairs
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('face-pairs'), task.ext.args ].findAll { a -> a }.join(' ')
     """
     face-pairs \\
         ${plan} \\
@@ -25,11 +29,6 @@ process FACE_PAIRS {
         --manifests ${manifests} \\
         --out . \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
@@ -37,10 +36,5 @@ process FACE_PAIRS {
     def name = String.format('pairs-%06d-%06d.npz', ids.first() as long, ids.last() as long)
     """
     touch ${name}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

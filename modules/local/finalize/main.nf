@@ -1,6 +1,8 @@
-// finalize: regions table and summary, then publish the label image and the
-// report at the paths recorded in plan.json (an atomic move out of the plan's
-// work dir). A copy of summary.json is emitted as the task's output.
+// finalize: regions table, seam QC, pictures and summary, then the finished
+// label image moves from the plan's staging folder into this task's directory
+// (a rename on one filesystem), next to its report: <sample>/labels.zarr and
+// <sample>/labels_report. publishDir (conf/modules.config) publishes both to
+// <outdir>/<sample>/.
 process FINALIZE {
     tag "${meta.id}"
     label 'process_medium'
@@ -10,36 +12,30 @@ process FINALIZE {
     tuple val(meta), path(plan), path(lut), path(stats, stageAs: 'stats/*')
 
     output:
-    tuple val(meta), path("summary.json"), emit: summary
-    path "versions.yml"                  , emit: versions
+    tuple val(meta), path("${meta.id}/labels.zarr"), path("${meta.id}/labels_report"), emit: results
+    tuple val(meta), path("${meta.id}/labels_report/summary.json")                 , emit: summary
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('finalize'), task.ext.args ].findAll { a -> a }.join(' ')
     """
+    mkdir -p ${meta.id}
     pystitch finalize \\
         ${plan} \\
         --lut ${lut} \\
         --stats stats \\
-        ${args} > finalize.out
-    # finalize prints the output path, then the report directory
-    cp "\$(tail -n 1 finalize.out)/summary.json" summary.json
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
+        --output ${meta.id}/labels.zarr \\
+        --report-dir ${meta.id}/labels_report \\
+        ${args}
     """
 
     stub:
     """
-    echo '{}' > summary.json
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
+    mkdir -p ${meta.id}/labels.zarr ${meta.id}/labels_report
+    echo '{}' > ${meta.id}/labels_report/summary.json
     """
 }

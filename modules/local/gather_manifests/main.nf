@@ -10,8 +10,8 @@ process GATHER_MANIFESTS {
     tuple val(meta), path(parts, stageAs: 'parts/*')
 
     output:
-    tuple val(meta), path("manifests.jsonl"), emit: manifests
-    path "versions.yml"                     , emit: versions
+    tuple val(meta), path("manifests.jsonl")                                                                   , emit: manifests
+    tuple val("${task.process}"), val('coreutils'), eval("cat --version | head -n 1 | sed 's/^.* //'"), topic: versions, emit: versions_coreutils
 
     when:
     task.ext.when == null || task.ext.when
@@ -20,20 +20,10 @@ process GATHER_MANIFESTS {
     """
     # find + xargs: no argument-list limit however many batches an image has
     find parts/ -name '*.jsonl' | LC_ALL=C sort | xargs cat > manifests.jsonl
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        coreutils: \$(cat --version 2>&1 | head -n 1 | sed 's/^.* //')
-    END_VERSIONS
     """
 
     stub:
     """
     touch manifests.jsonl
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        coreutils: \$(cat --version 2>&1 | head -n 1 | sed 's/^.* //')
-    END_VERSIONS
     """
 }

@@ -1,70 +1,56 @@
 // plan-blocks: check the image, cut it into blocks, scan it once, write plan.json;
-// then list the blocks that need work as batches (one line per task of the fan-out).
+// then list the blocks that need work as batches (one line per task of the
+// fan-out) and the memory, time and cores a task of each batch step needs.
 //
-// The plan's work directory (plan.json, the staging store of per-block labels, the
-// partial output) is this task's own directory by default: unique per input and
-// settings, kept by -resume, on the work filesystem that every later task can
-// reach. Later tasks find the big arrays through the absolute paths in plan.json;
-// only plan.json itself travels through channels. `ext.work_dir` puts the stores
-// elsewhere (e.g. a shared scratch filesystem); plan.json is then copied here.
+// The big stores (per-block labels, the output being written) go to `work_dir`,
+// a folder of the run's staging directory that every later task reaches through
+// the absolute paths recorded in plan.json; only plan.json, batches.txt and
+// resources.json travel through channels. Nothing is written into this task's
+// directory after it has finished.
 process PLAN_BLOCKS {
     tag "${meta.id}"
     label 'process_medium'
     container "${params.container_cpu}"
 
     input:
-    tuple val(meta), path(image), val(output_dir)
+    tuple val(meta), path(image), val(work_dir)
     val blocks_per_task
 
     output:
-    tuple val(meta), path("plan.json")  , emit: plan
-    tuple val(meta), path("batches.txt"), emit: batches
-    path "versions.yml"                 , emit: versions
+    tuple val(meta), path("plan.json")                                              , emit: plan
+    tuple val(meta), path("batches.txt")                                            , emit: batches
+    tuple val(meta), path("resources.json")                                         , emit: resources
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args     = task.ext.args ?: ''
-    def work_dir = task.ext.work_dir ?: '$PWD'
-    def select   = [
-        meta.array_path     ? "--array-path '${meta.array_path}'" : '',
-        meta.level   != null ? "--level ${meta.level}"           : '',
-        meta.channel != null ? "--channel ${meta.channel}"       : '',
-    ].findAll().join(' ')
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('plan-blocks'), task.ext.args ].findAll { a -> a }.join(' ')
     """
     plan=\$(
         plan-blocks \\
             "${meta.glob ? "${image}/${meta.glob}" : image}" \\
-            "${output_dir}/labels.zarr" \\
-            --report-dir "${output_dir}/labels_report" \\
+            labels.zarr \\
             --work-dir "${work_dir}" \\
             --workers ${task.cpus} \\
-            ${select} \\
             ${args} \\
         | tail -n 1
     )
-    [ "\$plan" -ef plan.json ] || cp "\$plan" plan.json
+    cp "\$plan" plan.json
 
     pystitch batches plan.json --size ${blocks_per_task} > batches.txt
     # An image without any block to segment still goes through one trivial batch
     # (block 0, planned empty) so that resolve and finalize publish its empty output.
     [ -s batches.txt ] || echo 0 > batches.txt
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
+    python3 -m pystitch.resources plan.json ${blocks_per_task} > resources.json
     """
 
     stub:
     """
     echo '{}' > plan.json
     printf '0-1\\n2-3\\n' > batches.txt
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
+    echo '{"segment-block": {"memory_mb": 256, "minutes": 10, "cpus": 1}, "face-pairs": {"memory_mb": 256, "minutes": 10, "cpus": 1}, "apply-lut": {"memory_mb": 256, "minutes": 10, "cpus": 1}}' > resources.json
     """
 }

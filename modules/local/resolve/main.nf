@@ -1,6 +1,6 @@
 // resolve: join the pairs of all blocks of one image into final ids (lut.zarr,
-// resolve.json); also creates the (partial) output array in the plan's work dir.
-// Single-threaded; memory follows the number of pairs (objects crossing seams).
+// resolve.json); also creates the (partial) output array in the plan's staging
+// folder. Single-threaded; memory follows the number of objects crossing seams.
 process RESOLVE {
     tag "${meta.id}"
     label 'process_medium'
@@ -10,15 +10,16 @@ process RESOLVE {
     tuple val(meta), path(plan), path(manifests), path(pairs, stageAs: 'pairs/*')
 
     output:
-    tuple val(meta), path("lut.zarr")    , emit: lut
-    tuple val(meta), path("resolve.json"), emit: json
-    path "versions.yml"                  , emit: versions
+    tuple val(meta), path("lut.zarr")                                               , emit: lut
+    tuple val(meta), path("resolve.json")                                           , emit: json
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('resolve'), task.ext.args ].findAll { a -> a }.join(' ')
     """
     resolve \\
         ${plan} \\
@@ -26,21 +27,11 @@ process RESOLVE {
         --pairs pairs \\
         --out lut.zarr \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
     """
     mkdir lut.zarr
     echo '{}' > resolve.json
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

@@ -6,21 +6,26 @@
 process SEGMENT_BLOCK {
     tag "${meta.id}:${blocks}"
     label 'process_gpu'
+    // what `python -m pystitch.resources` estimated from the plan for one task of this step
+    cpus   { estimate.cpus }
+    memory { "${estimate.memory_mb * task.attempt} MB" }
+    time   { "${estimate.minutes * task.attempt} min" }
     // the GPU image carries torch and Cellpose: used on GPU tasks and for the cellpose backend
     container "${ (task.accelerator || params.backend == 'cellpose') ? params.container_gpu : params.container_cpu }"
 
     input:
-    tuple val(meta), path(plan), path(image), val(blocks)
+    tuple val(meta), path(plan), path(image), val(blocks), val(estimate)
 
     output:
-    tuple val(meta), path("manifests-*.jsonl"), emit: manifests
-    path "versions.yml"                       , emit: versions
+    tuple val(meta), path("manifests-*.jsonl")                                      , emit: manifests
+    tuple val("${task.process}"), val('pystitch'), eval('pystitch --version'), topic: versions, emit: versions_pystitch
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
+    def args = [ meta.args?.get('segment-block'), task.ext.args ].findAll { a -> a }.join(' ')
     def ids  = blocks.toString().tokenize(',-')
     def name = String.format('manifests-%06d-%06d.jsonl', ids.first() as long, ids.last() as long)
     """
@@ -30,11 +35,6 @@ process SEGMENT_BLOCK {
         --manifest-dir . \\
         ${args}
     cat block-*.json > ${name}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 
     stub:
@@ -42,10 +42,5 @@ process SEGMENT_BLOCK {
     def name = String.format('manifests-%06d-%06d.jsonl', ids.first() as long, ids.last() as long)
     """
     touch ${name}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        pystitch: \$(pystitch --version)
-    END_VERSIONS
     """
 }

@@ -1,173 +1,267 @@
 /*
- * Start and end of a pystitch run: parameter validation (no plugin: plain Groovy,
- * run while the workflow is being built, so a bad parameter stops the run before
- * any task starts), the input channel (one image, a samplesheet, or the built-in
- * example) and the completion message.
+ * Start and end of a pystitch run.
+ *
+ * The parameters are described in nextflow_schema.json (generated from
+ * pystitch/params.py; JSON Schema in nf-schema's layout): their types,
+ * allowed values and help text, and for each option of a pystitch command the
+ * steps that take it and its flag (`x-pystitch: {steps, flag, backend,
+ * sample_column}`). This file reads the schema to
+ *   - check `params` before any task starts (type, enum, pattern, minimum,
+ *     maximum, exclusiveMinimum/Maximum, required, `if`/`then` rules,
+ *     misspelt names), all problems at once, one line each;
+ *   - check a samplesheet against assets/schema_input.json (also `exists`,
+ *     `errorMessage`, `uniqueEntries`);
+ *   - build each image's step options (meta.args[<step>], which the modules
+ *     put before task.ext.args);
+ *   - print `--help`.
+ * No plugin: plain Groovy, run while the workflow is being built. The schema
+ * stays nf-schema compatible, so a site with internet access can switch the
+ * nf-schema plugin on instead.
  */
 
 include { EXAMPLE_IMAGE } from '../../../modules/local/example_image'
 
-// every parameter of the pipeline (nextflow.config); others draw a warning
-def knownParams() {
-    return [
-        'input', 'outdir', 'block_shape', 'halo', 'backend', 'threshold', 'sigma', 'connectivity',
-        'rule', 'min_iou', 'blocks_per_task', 'backend_args', 'label_dtype', 'array_path', 'level',
-        'channel', 'channel_axis', 'timepoint', 'overwrite', 'staging_dir', 'example_shape',
-        'output_format', 'ngff_version', 'pyramid_levels', 'container_cpu', 'container_gpu',
-        'pattern', 'scene', 'voxel_size', 'unit',
-    ]
+// ------------------------------------------------------------------ the schema
+
+def readJson(path) {
+    return new groovy.json.JsonSlurper().parseText(file(path.toString()).text)
 }
 
-def backends()    { return ['threshold', 'callable', 'cellpose'] }
-def rules()       { return ['exact', 'match', 'none'] }
-def labelDtypes() { return ['auto', 'uint16', 'uint32', 'uint64'] }
+// name -> property of every parameter, in the order of the schema's groups
+def schemaProperties(schema) {
+    def props = [:]
+    schema['$defs'].each { _group, definition -> props.putAll(definition.properties ?: [:]) }
+    return props
+}
+
+def schemaRequired(schema) {
+    return schema['$defs'].collect { _group, definition -> definition.required ?: [] }.flatten()
+}
+
+// ------------------------------------------------------------------ values
 
 def isBlank(value) {
     return value == null || (value instanceof CharSequence && value.toString().trim().isEmpty())
 }
 
-// `1`, `16,64,64`: one integer or one per axis (2-D or 3-D), each >= minimum
-def isShape(value, int minimum) {
-    if (value == null || value instanceof Boolean) return false
-    def text = value.toString().trim()
-    if (!(text ==~ /\d+(\s*,\s*\d+){0,2}/)) return false
-    return text.tokenize(',').every { it.trim().toLong() >= minimum }
-}
-
-def isNumber(value) {
-    if (value instanceof Number) return true
-    if (value instanceof Boolean || value == null) return false
-    return value.toString().trim() ==~ /[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/
-}
-
-def isInteger(value, long minimum) {
-    if (value instanceof Boolean || value == null) return false
-    def text = value.toString().trim()
-    return (text ==~ /[-+]?\d+/) && text.toLong() >= minimum
+def isNumberText(text) {
+    return text ==~ /[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/
 }
 
 /*
- * Check every parameter; all problems are reported at once, then the run stops
- * (non-zero exit) before any task has been submitted.
+ * [ problem, value ]: the value converted to the property's type (Nextflow
+ * gives `--level 2` as an Integer and `--halo 8,16,16` as a String; a
+ * -params-file may give either), or a problem worded for the user.
  */
-def validateParameters() {
+def checkValue(String label, spec, value) {
+    def type = spec.type ?: 'string'
+    def shown = value instanceof CharSequence ? "'${value}'" : "${value}"
+    def converted = value
+    if (type == 'boolean') {
+        if (value instanceof Boolean) {
+            converted = value
+        } else if (value.toString().trim().toLowerCase() in ['true', 'false']) {
+            converted = value.toString().trim().toLowerCase() == 'true'
+        } else {
+            return [ "${label} expects true or false. Got ${shown}.", null ]
+        }
+    } else if (value instanceof Boolean) {
+        return [ "${label} expects a value (${type}). Got a flag without one.", null ]
+    } else if (type == 'integer') {
+        def text = value.toString().trim()
+        if (!(text ==~ /[-+]?\d+/)) {
+            return [ "${label} expects an integer. Got ${shown}.", null ]
+        }
+        converted = text.toLong()
+    } else if (type == 'number') {
+        def text = value.toString().trim()
+        if (!isNumberText(text)) {
+            return [ "${label} expects a number. Got ${shown}.", null ]
+        }
+        converted = new BigDecimal(text)
+    } else {
+        converted = value instanceof CharSequence ? value.toString() : value.toString().replaceFirst(/\.0$/, '')
+    }
+    def problem = null
+    if (spec['enum'] != null && !(converted.toString() in spec['enum'].collect { e -> e.toString() })) {
+        problem = "${label} must be one of ${spec['enum'].join(', ')}. Got ${shown}."
+    } else if (spec.pattern != null && !(converted.toString() =~ spec.pattern.toString())) {
+        problem = "${label} ${shown} is not valid: expected ${spec.description ?: 'a value matching ' + spec.pattern}"
+    } else if (spec.minimum != null && converted < spec.minimum) {
+        problem = "${label} must be at least ${spec.minimum}. Got ${shown}."
+    } else if (spec.maximum != null && converted > spec.maximum) {
+        problem = "${label} must be at most ${spec.maximum}. Got ${shown}."
+    } else if (spec.exclusiveMinimum != null && converted <= spec.exclusiveMinimum) {
+        problem = "${label} must be greater than ${spec.exclusiveMinimum}. Got ${shown}."
+    } else if (spec.exclusiveMaximum != null && converted >= spec.exclusiveMaximum) {
+        problem = "${label} must be less than ${spec.exclusiveMaximum}. Got ${shown}."
+    } else if (spec.exists && !file(converted.toString()).exists()) {
+        problem = "${label} ${shown}: no such file or directory (${file(converted.toString())})."
+    }
+    if (problem && spec.errorMessage) {
+        problem = "${label} ${shown}: ${spec.errorMessage}."
+    }
+    return [ problem, problem ? null : converted ]
+}
+
+// `block-shape`, `blockShape`, `block_shape` -> `blockshape`
+def normalName(String name) {
+    return name.replaceAll(/[-_]/, '').toLowerCase()
+}
+
+// Levenshtein distance, for "did you mean" suggestions
+def editDistance(String a, String b) {
+    if (a.isEmpty() || b.isEmpty()) {
+        return a.length() + b.length()
+    }
+    def previous = (0..b.length()).collect { j -> j }
+    (1..a.length()).each { i ->
+        def current = [ i ]
+        (1..b.length()).each { j ->
+            def cost = a.charAt(i - 1) == b.charAt(j - 1) ? 0 : 1
+            current << [ previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost ].min()
+        }
+        previous = current
+    }
+    return previous[b.length()]
+}
+
+// does `values` satisfy a schema of the form {properties: {name: {const|pattern}}, required: [...]}?
+def satisfies(subschema, values) {
+    def present = (subschema.required ?: []).every { name -> !isBlank(values[name]) }
+    def properties = (subschema.properties ?: [:]).every { name, spec ->
+        def value = values[name]
+        if (isBlank(value)) {
+            return true
+        }
+        if (spec.containsKey('const') && value.toString() != spec.const.toString()) {
+            return false
+        }
+        return spec.pattern == null || value.toString() =~ spec.pattern.toString()
+    }
+    return present && properties
+}
+
+/*
+ * Check every parameter against the schema; returns the converted values
+ * (name -> value, null when unset). All problems are reported at once, one
+ * line each, and the run stops before any task has been submitted.
+ */
+def validateParameters(schema) {
+    def props = schemaProperties(schema)
     def errors = []
+    def values = [:]
+    def byNormal = props.keySet().collectEntries { name -> [ (normalName(name)): name ] }
 
-    if (isBlank(params.input) || params.input instanceof Boolean) {
-        errors << "Missing --input: give an image (zarr, OME-Zarr or TIFF), a samplesheet CSV with the columns " +
-            "sample,image (optional: array_path,level,channel), or 'example' for the built-in test image."
-    } else if (params.input != 'example' && isGlob(params.input.toString()) && !files(params.input.toString())) {
-        errors << "--input ${params.input}: no file matches. Expected a glob of TIFF planes (quoted), e.g. 'stack/plane_*.tif'."
-    } else if (params.input != 'example' && !isGlob(params.input.toString()) && !file(params.input.toString()).exists()) {
-        errors << "--input ${params.input}: no such file or directory (${file(params.input.toString())}). " +
-            "Expected an image, a samplesheet CSV or 'example'."
-    }
-    if (isBlank(params.outdir) || params.outdir instanceof Boolean) {
-        errors << "Missing --outdir: the directory the label images and reports are written to."
-    } else if (params.outdir.toString() ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/) {
-        errors << "--outdir must be a path on a (shared) filesystem; got '${params.outdir}' (pystitch writes its output in place, object stores are not supported)."
-    }
-    if (!isShape(params.block_shape, 1)) {
-        errors << "--block_shape expects one positive integer or one per axis, separated by commas (e.g. 64,256,256). Got '${params.block_shape}'."
-    }
-    if (params.halo != null && !isShape(params.halo, 0)) {
-        errors << "--halo expects one integer >= 0 or one per axis, separated by commas (e.g. 8,16,16). Got '${params.halo}'."
-    }
-    if (!(params.backend in backends())) {
-        errors << "Unknown --backend '${params.backend}'. Expected one of: ${backends().join(', ')}."
-    }
-    if (params.backend == 'threshold') {
-        if (params.threshold == null || params.threshold instanceof Boolean) {
-            errors << "The threshold backend needs --threshold: a number, or 'otsu' for one Otsu threshold computed for the whole image."
-        } else if (!isNumber(params.threshold) && params.threshold.toString().trim().toLowerCase() != 'otsu') {
-            errors << "--threshold expects a number or 'otsu'. Got '${params.threshold}'."
+    // names: Nextflow keeps --block-shape as `block-shape` and `blockShape`; misspelt ones are unused
+    def reported = [] as Set
+    params.keySet().findAll { name -> !props.containsKey(name) }.each { name ->
+        def known = byNormal[normalName(name)]
+        def suggestion = known ?: props.keySet().min { candidate -> editDistance(normalName(name), normalName(candidate)) }
+        def distance = editDistance(normalName(name), normalName(suggestion))
+        if (known && !(known in reported)) {
+            reported << known
+            errors << "--${name} is spelt --${known} by this pipeline (snake_case)."
+        } else if (!known && distance <= 2) {
+            errors << "Unknown parameter --${name}. Did you mean --${suggestion}?"
+        } else if (!known) {
+            log.warn "Unknown parameter --${name}: not used by pystitch (see --help)."
         }
-        if (params.sigma != null && !(params.sigma instanceof Number) &&
-                !(params.sigma.toString().tokenize(',').every { isNumber(it) && it.trim().toDouble() >= 0 })) {
-            errors << "--sigma expects a number >= 0 or one per axis, separated by commas (e.g. 0,1,1). Got '${params.sigma}'."
+    }
+
+    props.each { name, spec ->
+        def value = params[name]
+        if (isBlank(value)) {
+            values[name] = null
+            return
         }
-        if (params.connectivity != null && !(params.connectivity.toString().trim() in ['1', '2', '3', 'full'])) {
-            errors << "--connectivity expects 1, 2, 3 or 'full'. Got '${params.connectivity}'."
+        def result = checkValue("--${name}", spec, value)
+        if (result[0]) {
+            errors << result[0]
         }
-    } else if (params.backend in backends()) {
-        ['threshold', 'sigma', 'connectivity'].each { name ->
-            if (params[name] != null) {
-                log.warn "--${name} applies to the threshold backend only; ignored with --backend ${params.backend}."
+        values[name] = result[1]
+    }
+    schemaRequired(schema).findAll { name -> isBlank(params[name]) }.each { name ->
+        errors << "Missing --${name}: ${props[name]?.description ?: 'required'}"
+    }
+    // rules between parameters: { if: <condition>, then: <requirement> }
+    schema.allOf.findAll { rule -> rule['if'] != null }.each { rule ->
+        if (satisfies(rule['if'], params) && !satisfies(rule['then'], params)) {
+            def condition = rule['if'].properties.collect { name, spec -> "--${name} ${spec.const}" }.join(' and ')
+            def needed = (rule['then'].required ?: []).collect { name ->
+                def pattern = rule['then'].properties?.get(name)?.pattern
+                "--${name}" + (pattern ? " with ${pattern}" : '') + " (${props[name]?.description ?: ''})"
             }
+            errors << "With ${condition}, give ${needed.join(' and ')}."
         }
     }
-    if (params.backend == 'callable' && !(params.backend_args?.toString()?.contains('--function'))) {
-        errors << "The callable backend needs its function: --backend_args='--function file.py:function' (or module:function; add --kwargs '{...}' for keyword arguments)."
+    // options of one backend only: used with it, ignored (with a warning) otherwise
+    props.findAll { name, spec -> spec['x-pystitch']?.backend && values[name] != null }.each { name, spec ->
+        if (values.backend != null && values.backend != spec['x-pystitch'].backend) {
+            log.warn "--${name} applies to --backend ${spec['x-pystitch'].backend} only: ignored with --backend ${values.backend}."
+        }
     }
-    if (params.backend_args != null && params.backend_args instanceof Boolean) {
-        errors << "--backend_args expects the extra plan-blocks arguments as one string, e.g. --backend_args='--function seg.py:run'."
-    }
-    if (params.rule != null && !(params.rule in rules())) {
-        errors << "Unknown --rule '${params.rule}'. Expected one of: ${rules().join(', ')} (or leave it unset for the backend's default)."
-    }
-    if (params.min_iou != null && !(isNumber(params.min_iou) && params.min_iou.toString().toDouble() > 0 && params.min_iou.toString().toDouble() <= 1)) {
-        errors << "--min_iou expects a number in (0, 1]. Got '${params.min_iou}'."
-    }
-    if (!isInteger(params.blocks_per_task, 1)) {
-        errors << "--blocks_per_task expects an integer >= 1 (blocks per task). Got '${params.blocks_per_task}'."
-    }
-    if (!(params.label_dtype in labelDtypes())) {
-        errors << "Unknown --label_dtype '${params.label_dtype}'. Expected one of: ${labelDtypes().join(', ')}."
-    }
-    if (params.level != null && !isInteger(params.level, 0)) {
-        errors << "--level expects an integer >= 0 (0 is full resolution). Got '${params.level}'."
-    }
-    if (params.timepoint != null && !isInteger(params.timepoint, 0)) {
-        errors << "--timepoint expects an integer >= 0. Got '${params.timepoint}'."
-    }
-    if (params.channel_axis != null && !isInteger(params.channel_axis, -4)) {
-        errors << "--channel_axis expects an integer (an axis index). Got '${params.channel_axis}'."
-    }
-    if (params.channel != null && !isChannel(params.channel)) {
-        errors << "--channel expects a channel index or several separated by commas (e.g. 0,1). Got '${params.channel}'."
-    }
-    if (params.output_format != null && !(params.output_format in ['ome-zarr', 'zarr'])) {
-        errors << "Unknown --output_format '${params.output_format}'. Expected ome-zarr or zarr."
-    }
-    if (params.ngff_version != null && !(params.ngff_version.toString() in ['0.4', '0.5'])) {
-        errors << "Unknown --ngff_version '${params.ngff_version}'. Expected 0.4 or 0.5."
-    }
-    if (params.pyramid_levels != null && !isInteger(params.pyramid_levels, 1)) {
-        errors << "--pyramid_levels expects an integer >= 1. Got '${params.pyramid_levels}'."
-    }
-    if (!(params.overwrite instanceof Boolean)) {
-        errors << "--overwrite expects true or false. Got '${params.overwrite}'."
-    }
-    if (params.input == 'example' && !isShape(params.example_shape, 1)) {
-        errors << "--example_shape expects 2 or 3 positive integers separated by commas (e.g. 24,96,96). Got '${params.example_shape}'."
-    }
-
-    // a misspelt parameter (--blockshape, or --block-shape which Nextflow turns into blockShape) is silently unused
-    def normal = { String name -> name.replaceAll(/[-_]/, '').toLowerCase() }
-    def known = knownParams().collect { normal(it) } as Set
-    params.keySet().findAll { !(normal(it) in known) }.each { name ->
-        log.warn "Unknown parameter --${name} (ignored). Parameters are written in snake_case, e.g. --block_shape."
-    }
-    params.keySet().findAll { it != normal(it) && !(it in knownParams()) && normal(it) in known }.each { name ->
-        errors << "Parameter --${name} is not spelt as the pipeline spells it: write it in snake_case (e.g. --block_shape, --blocks_per_task)."
-    }
-
     if (errors) {
-        error("Invalid parameters:\n  - " + errors.join('\n  - ') + "\nSee the parameters table in README.md (section Nextflow pipeline).")
+        error("Invalid parameters (nextflow_schema.json; --help lists them):\n  - " + errors.join('\n  - '))
     }
+    return values
 }
 
-def isChannel(value) {
-    if (value instanceof Boolean) return false
-    return value.toString().trim() ==~ /\d+(\s*,\s*\d+)*/
+// `--help`: the parameters of the schema, by group
+def paramsHelp(schema) {
+    def lines = [ "pystitch: ${schema.description}", '', 'Usage: nextflow run main.nf --input IMAGE|SAMPLESHEET.csv|example --outdir DIR [options]' ]
+    schema['$defs'].each { _group, definition ->
+        lines << ''
+        lines << "${definition.title}: ${definition.description}"
+        definition.properties.each { name, spec ->
+            def shown = spec.containsKey('default') ? " [default: ${spec.default}]" : ''
+            def choices = spec['enum'] ? " (${spec['enum'].join('|')})" : ''
+            lines << "  --${name.padRight(18)} ${spec.type}${choices}${shown}"
+            lines << "      ${spec.description}"
+        }
+    }
+    return lines.join('\n')
 }
 
-// a sample id usable as a directory name
+// ------------------------------------------------------------------ step arguments
+
+def shellQuote(value) {
+    def text = value.toString()
+    return text ==~ /[A-Za-z0-9._,:\/+=-]+/ ? text : "'" + text.replace("'", "'\\''") + "'"
+}
+
+/*
+ * The command-line options of `step` from the parameters that the schema
+ * marks with x-pystitch.steps: `flag value` for each set value; options of
+ * another backend (x-pystitch.backend) are left out.
+ */
+def stepArguments(props, values, String step) {
+    return props.findAll { _name, spec -> step in (spec['x-pystitch']?.steps ?: []) }
+        .findAll { name, _spec -> values[name] != null }
+        .findAll { _name, spec -> !spec['x-pystitch'].backend || values.backend == spec['x-pystitch'].backend }
+        .collect { name, spec -> "${spec['x-pystitch'].flag} ${shellQuote(values[name])}" }
+        .join(' ')
+}
+
+// step -> options, for every step of the schema; --backend_args (the pipeline's
+// own parameter for any other plan-blocks option) comes last, as it is
+def allStepArguments(props, values) {
+    def steps = props.values().collect { spec -> spec['x-pystitch']?.steps ?: [] }.flatten().unique()
+    def args = steps.collectEntries { step -> [ (step): stepArguments(props, values, step) ] }
+    if (values.backend_args) {
+        args['plan-blocks'] = [ args['plan-blocks'], values.backend_args.toString() ].findAll { a -> a }.join(' ')
+    }
+    return args
+}
+
+// ------------------------------------------------------------------ input
+
 // a glob of plane files ('stack/plane_*.tif'), not one path
 def isGlob(String input) {
     return input.contains('*') || input.contains('?') || input.contains('[')
 }
 
+// a sample id usable as a directory name
 def imageId(String name) {
     def stem = name.replaceAll(/(?i)(\.ome)?\.(zarr|tiff?|n5)\/?$/, '')
     return stem.replaceAll(/[^A-Za-z0-9._-]/, '_')
@@ -177,52 +271,49 @@ def imageId(String name) {
 def splitCsvLine(String line) {
     def fields = []
     def current = new StringBuilder()
-    boolean quoted = false
-    int i = 0
-    while (i < line.length()) {
-        def c = line.substring(i, i + 1)
-        if (quoted) {
-            if (c == '"' && i + 1 < line.length() && line.substring(i + 1, i + 2) == '"') {
-                current.append('"')
-                i++
-            } else if (c == '"') {
-                quoted = false
-            } else {
-                current.append(c)
-            }
+    def quoted = false
+    def skip = false
+    (0..<line.length()).each { i ->
+        def c = line.charAt(i)
+        if (skip) {
+            skip = false
+        } else if (quoted && c == '"' && i + 1 < line.length() && line.charAt(i + 1) == '"') {
+            current.append('"')
+            skip = true
         } else if (c == '"') {
-            quoted = true
-        } else if (c == ',') {
+            quoted = !quoted
+        } else if (c == ',' && !quoted) {
             fields << current.toString().trim()
             current = new StringBuilder()
         } else {
             current.append(c)
         }
-        i++
     }
     fields << current.toString().trim()
     return fields
 }
 
 /*
- * The samplesheet: columns sample,image and optionally array_path,level,channel
- * (an empty cell takes the value of the parameter of that name). Relative image
- * paths are resolved against the launch directory. Returns [ [ meta, image ], ... ].
+ * The rows of a samplesheet checked against assets/schema_input.json:
+ * [ [ row values (column -> converted value) ], ... ]. Relative image paths
+ * are resolved against the launch directory.
  */
-def readSamplesheet(sheet) {
-    def lines = sheet.readLines().findAll { it.trim() && !it.trim().startsWith('#') }
+def readSamplesheet(sheet, inputSchema) {
+    def lines = sheet.readLines().findAll { line -> line.trim() && !line.trim().startsWith('#') }
     if (!lines) {
         error("The samplesheet ${sheet} is empty: expected a header line 'sample,image' and one line per image.")
     }
-    def header = splitCsvLine(lines[0]).collect { it.toLowerCase() }
-    def allowed = ['sample', 'image', 'array_path', 'level', 'channel']
+    def columns = inputSchema.items.properties
+    def required = inputSchema.items.required ?: []
+    def header = splitCsvLine(lines[0]).collect { name -> name.toLowerCase() }
     def problems = []
-    ['sample', 'image'].findAll { !(it in header) }.each {
-        problems << "the header has no column '${it}' (found: ${header.join(',')}; expected sample,image and optionally array_path,level,channel)"
+    required.findAll { name -> !(name in header) }.each { name ->
+        problems << "the header has no column '${name}' (found: ${header.join(',')}; expected ${required.join(',')} and optionally ${(columns.keySet() - required).join(',')})"
     }
-    header.findAll { !(it in allowed) }.each { problems << "unknown column '${it}' (allowed: ${allowed.join(', ')})" }
+    header.findAll { name -> !columns.containsKey(name) }.each { name ->
+        problems << "unknown column '${name}' (allowed: ${columns.keySet().join(', ')})"
+    }
     def rows = []
-    def seen = [:]
     if (!problems) {
         lines.drop(1).eachWithIndex { line, idx ->
             def where = "line ${idx + 2}"
@@ -231,116 +322,128 @@ def readSamplesheet(sheet) {
                 problems << "${where}: ${cells.size()} fields, the header has ${header.size()}"
                 return
             }
-            def row = [header, cells].transpose().collectEntries { k, v -> [ (k): v ?: null ] }
-            def sample = row.sample
-            if (!sample) {
-                problems << "${where}: empty sample"
-            } else if (!(sample ==~ /[A-Za-z0-9._-]+/)) {
-                problems << "${where}: sample '${sample}' may hold only letters, digits, '.', '_' and '-' (it names the output folder)"
-            } else if (seen.containsKey(sample)) {
-                problems << "${where}: sample '${sample}' repeats line ${seen[sample]}"
-            } else {
-                seen[sample] = idx + 2
+            def row = [:]
+            [ header, cells ].transpose().each { name, cell ->
+                if (cell) {
+                    def spec = columns[name]
+                    def text = spec.format in ['path', 'file-path', 'directory-path'] ? file(cell).toString() : cell
+                    def result = checkValue(name, spec, text)
+                    if (result[0]) {
+                        problems << "${where}: ${result[0]}"
+                    }
+                    row[name] = result[1]
+                }
             }
-            def image = row.image ? file(row.image) : null
-            if (!row.image) {
-                problems << "${where}: empty image"
-            } else if (!image.exists()) {
-                problems << "${where}: image not found: ${image}"
+            required.findAll { name -> !(name in row.keySet()) && !problems.any { p -> p.startsWith("${where}: ${name}") } }.each { name ->
+                problems << "${where}: empty ${name}"
             }
-            def level = row.level ?: params.level
-            if (level != null && !isInteger(level, 0)) {
-                problems << "${where}: level expects an integer >= 0, got '${level}'"
+            rows << row
+        }
+        (inputSchema.uniqueEntries ?: []).each { name ->
+            rows.groupBy { row -> row[name] }.findAll { value, group -> value != null && group.size() > 1 }.each { value, _group ->
+                problems << "${name} '${value}' appears more than once"
             }
-            def channel = row.channel ?: params.channel
-            if (channel != null && !isChannel(channel)) {
-                problems << "${where}: channel expects an index or indices separated by commas, got '${channel}'"
-            }
-            def meta = [
-                id        : sample,
-                array_path: row.array_path ?: params.array_path,
-                level     : level,
-                channel   : channel,
-            ]
-            rows << [ meta, image ]
         }
         if (!rows && !problems) {
             problems << "no image listed (only a header)"
         }
     }
     if (problems) {
-        error("Invalid samplesheet ${sheet}:\n  - " + problems.join('\n  - '))
+        error("Invalid samplesheet ${sheet} (assets/schema_input.json):\n  - " + problems.join('\n  - '))
     }
     return rows
 }
 
 /*
- * --input: one image, a samplesheet (*.csv), or 'example'.
- * Returns [ [ meta, image ], ... ] (not used for 'example').
+ * --input: one image, a samplesheet (*.csv), or 'example'. Returns
+ * [ [ id, image path or null, values for the image ], ... ]: the parameters,
+ * overridden by the samplesheet's columns of the same name (the parameters
+ * marked x-pystitch.sample_column).
  */
-def imagesFromInput(String input) {
+def imagesFromInput(String input, values, inputSchema) {
+    if (input == 'example') {
+        return [ [ 'example', null, values ] ]
+    }
     if (isGlob(input)) {
-        // planes are read where they are: the folder is the task input, meta.glob the file names in it
-        def glob = new File(input)
-        def folder = file(glob.parent ?: '.')
-        def meta = [
-            id        : imageId(folder.name),
-            array_path: params.array_path,
-            level     : params.level,
-            channel   : params.channel,
-            glob      : glob.name,
-        ]
-        return [ [ meta, folder ] ]
+        // TIFF planes are read where they are: the folder is the task input, meta.glob the file names in it
+        if (!files(input)) {
+            error("--input ${input}: no file matches. Expected a glob of TIFF planes (quoted), e.g. 'stack/plane_*.tif'.")
+        }
+        def pattern = new File(input)
+        def folder = file(pattern.parent ?: '.')
+        return [ [ imageId(folder.name), folder, values + [ glob: pattern.name ] ] ]
     }
     def path = file(input)
     if (!path.exists()) {
         error("--input ${input}: no such file or directory (${path}). Expected an image, a samplesheet CSV or 'example'.")
     }
-    if (path.name.toLowerCase().endsWith('.csv')) {
-        return readSamplesheet(path)
+    if (!path.name.toLowerCase().endsWith('.csv')) {
+        return [ [ imageId(path.name), path, values ] ]
     }
-    def meta = [
-        id        : imageId(path.name),
-        array_path: params.array_path,
-        level     : params.level,
-        channel   : params.channel,
-    ]
-    return [ [ meta, path ] ]
+    return readSamplesheet(path, inputSchema).collect { row ->
+        def overrides = row.findAll { name, _value -> !(name in ['sample', 'image']) }
+        [ row.sample, file(row.image.toString()), values + overrides ]
+    }
 }
 
 workflow PIPELINE_INITIALISATION {
 
     main:
-    validateParameters()
+    def schema = readJson("${projectDir}/nextflow_schema.json")
+    if (params.help) {
+        log.info(paramsHelp(schema))
+        System.exit(0)
+    }
+    def values = validateParameters(schema)
+    def props = schemaProperties(schema)
+    def entries = imagesFromInput(values.input.toString(), values, readJson("${projectDir}/assets/schema_input.json"))
 
-    ch_versions = Channel.empty()
-    if (params.input == 'example') {
-        EXAMPLE_IMAGE(Channel.of([ [ id: 'example' ], params.example_shape.toString() ]))
-        ch_images   = EXAMPLE_IMAGE.out.image
-        ch_versions = ch_versions.mix(EXAMPLE_IMAGE.out.versions)
-    } else {
-        ch_images = Channel.fromList(imagesFromInput(params.input.toString()))
+    // an existing result is kept unless --overwrite (or -resume, which publishes only what is missing)
+    if (!workflow.resume && !values.overwrite) {
+        def existing = entries.collect { entry -> file("${values.outdir}/${entry[0]}/labels.zarr") }.findAll { path -> path.exists() }
+        if (existing) {
+            error("${existing.join(', ')} exists. Choose another --outdir, add --overwrite true to replace it, or -resume the run that wrote it.")
+        }
     }
 
+    // the big stores: not in a task directory (every step writes to them); created here so containers can mount it
+    def staging = values.staging_dir ? file(values.staging_dir.toString()) : workflow.workDir.resolve('pystitch-staging')
+    staging.mkdirs()
+
+    images = channel.fromList(entries.findAll { entry -> entry[1] != null })
+        .map { id, image, image_values ->
+            [ [ id: id, args: allStepArguments(props, image_values) ] + (image_values.glob ? [ glob: image_values.glob ] : [:]), image ]
+        }
+    if (values.input == 'example') {
+        EXAMPLE_IMAGE(channel.of([ [ id: 'example', args: allStepArguments(props, values) ], values.example_shape ]))
+        images = EXAMPLE_IMAGE.out.image
+    }
+    staging_dir     = channel.value(staging)
+    blocks_per_task = channel.value(values.blocks_per_task)
+
+    // (emit by name only: `emit: name = value` loses its value under the strict
+    // parser of nf-lang 25.04.0, the version on Maven Central)
     emit:
-    images   = ch_images   // channel: [ val(meta), path(image) ]
-    versions = ch_versions // channel: [ path(versions.yml) ]
+    images          // channel: [ val(meta), path(image) ]
+    staging_dir     // value channel: path of the run's staging directory
+    blocks_per_task // value channel: integer
 }
 
 /*
- * Collate the versions.yml of every step into <outdir>/pipeline_info.
+ * The versions of every tool that ran (topic `versions`: [ process, tool, version ])
+ * as <outdir>/pipeline_info/software_versions.yml.
  */
 workflow PIPELINE_COMPLETION {
 
     take:
-    ch_versions // channel: [ path(versions.yml) ]
+    outdir // value: the output folder
 
     main:
-    ch_versions
-        .collectFile(
-            name     : 'software_versions.yml',
-            storeDir : "${params.outdir}/pipeline_info",
-            sort     : true,
-            newLine  : true,
-        )
+    channel.topic('versions')
+        .unique()
+        .map { process, tool, version -> [ process, "    ${tool}: ${version}".toString() ] }
+        .groupTuple()
+        .map { process, tools -> ("${process}:\n" + tools.sort().join('\n')).toString() }
+        .mix(channel.of("Workflow:\n    pystitch: ${workflow.manifest.version}\n    Nextflow: ${nextflow.version.toString()}".toString()))
+        .collectFile(name: 'software_versions.yml', storeDir: "${outdir}/pipeline_info", sort: true, newLine: true)
 }

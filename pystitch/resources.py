@@ -1,0 +1,99 @@
+"""Memory, time and cores of one workflow task, from the plan.
+
+A task of a batch step (segment-block, face-pairs, apply-lut) handles its
+blocks one after the other, so its memory follows the size of ONE block with
+its halo, never the image or the batch: ``base + bytes_per_voxel x voxels``.
+Its time follows the voxels of the whole batch.  A workflow engine asks for
+this much per task (the Nextflow pipeline does, on every executor), so that a
+cluster can pack many small tasks instead of reserving a flat 16 GB each.
+
+The figures were measured with ``benchmarks/task_memory.py`` (peak RSS of the
+step commands on batches of interior blocks at two block sizes, uint16 input,
+threshold backend; results in benchmarks/results/task_memory.json) and, for
+Cellpose, with ``benchmarks/cellpose_memory.py`` (the model behind
+``--block-shape auto``).  Requests add a margin: memory x 1.25 with a 256 MB
+floor, time x 10 with a 10-minute floor (clusters differ in speed and load; a task that runs
+out of either is retried with twice, then three times as much).
+
+    python -m pystitch.resources PLAN [BLOCKS_PER_TASK]     # prints the estimates as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+from .backends.cellpose_backend import BASE_BYTES as CELLPOSE_BASE_BYTES
+from .backends.cellpose_backend import BYTES_PER_VOXEL as CELLPOSE_BYTES_PER_VOXEL
+from .plan import Plan
+
+MIB = 2 ** 20
+#: measured: (base bytes, bytes per voxel of one block with its halo, seconds per voxel)
+MEASURED = {
+    "segment-block": (57 * MIB, 100.0, 0.34e-6),
+    "face-pairs": (101 * MIB, 11.2, 0.13e-6),
+    "apply-lut": (71 * MIB, 30.1, 0.13e-6),
+}
+#: Cellpose on a CPU, planes stitched in 3-D (benchmarks/results/cellpose-memory-*-cpu.md); a GPU is faster
+CELLPOSE_SECONDS_PER_VOXEL = 10e-6
+#: a callable backend runs unknown code: this many times the threshold backend's figures
+CALLABLE_FACTOR = 4.0
+MEMORY_MARGIN = 1.25
+MIN_MB = 256  # below the fitted range: a step's process alone holds ~80 MB (imports)
+TIME_FACTOR = 10.0
+MIN_MINUTES = 10
+STEPS = tuple(MEASURED)
+
+
+def block_voxels(plan: Plan) -> int:
+    """Voxels of the largest block with its halo (what one task holds at once)."""
+    return math.prod(min(n, b + 2 * h) for n, b, h in zip(plan.shape, plan.block_shape, plan.halo))
+
+
+def estimate(plan: Plan, step: str, blocks: int) -> dict:
+    """``{"memory_mb", "minutes", "cpus"}`` to request for one task of ``step``
+    that handles ``blocks`` blocks of ``plan``."""
+    voxels = block_voxels(plan)
+    base, per_voxel, seconds_per_voxel = MEASURED[step]
+    cpus = 1 if step == "face-pairs" else 2
+    backend = plan.backend["name"]
+    if step == "segment-block":
+        cpus = 1
+        if backend == "cellpose":
+            mode = "2-D" if len(plan.shape) == 2 else ("do_3D" if plan.backend.get("do_3D") else "planes")
+            base, per_voxel = CELLPOSE_BASE_BYTES, CELLPOSE_BYTES_PER_VOXEL[mode]
+            seconds_per_voxel, cpus = CELLPOSE_SECONDS_PER_VOXEL, 4
+        elif backend != "threshold":
+            base, per_voxel = base * CALLABLE_FACTOR, per_voxel * CALLABLE_FACTOR
+            seconds_per_voxel *= CALLABLE_FACTOR
+    memory = (base + per_voxel * voxels) * MEMORY_MARGIN
+    seconds = seconds_per_voxel * voxels * max(1, int(blocks))
+    return {
+        "memory_mb": max(MIN_MB, int(math.ceil(memory / MIB / 64) * 64)),
+        "minutes": int(max(MIN_MINUTES, math.ceil(seconds * TIME_FACTOR / 60))),
+        "cpus": cpus,
+    }
+
+
+def resources(plan: Plan | str | os.PathLike, blocks_per_task: int) -> dict:
+    """The estimate of every batch step for tasks of ``blocks_per_task`` blocks."""
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    blocks = min(int(blocks_per_task), max(1, len(plan.work_blocks())))
+    return {"block_voxels": block_voxels(plan), "blocks_per_task": blocks,
+            **{step: estimate(plan, step, blocks) for step in STEPS}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pystitch.resources PLAN [BLOCKS_PER_TASK]``: the estimates as JSON on stdout."""
+    args = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(args) <= 2 or not (len(args) == 1 or args[1].isdigit() and int(args[1]) >= 1):
+        print("usage: python -m pystitch.resources PLAN [BLOCKS_PER_TASK (>= 1, default 64)]", file=sys.stderr)
+        return 2
+    print(json.dumps(resources(args[0], int(args[1]) if len(args) == 2 else 64), indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
