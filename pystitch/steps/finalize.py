@@ -55,11 +55,11 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
                        report_dir=os.path.abspath(report_dir) if report_dir is not None else plan.report_dir)
     with DirectoryLock(plan.work_dir):
         return _finalize(plan, t0, lut=lut, stats=stats, overwrite=overwrite, extra=extra, trace=trace,
-                         qc_faces=qc_faces, pictures=pictures, grid=grid)
+                         qc_faces=qc_faces, pictures=pictures, grid=grid, keep_partial=output is not None)
 
 
 def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, extra: dict | None, trace: Any,
-              qc_faces: int | None, pictures: bool, grid: bool) -> dict:
+              qc_faces: int | None, pictures: bool, grid: bool, keep_partial: bool) -> dict:
     table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
     output, report = Path(plan.output), Path(plan.report_dir)
     published = is_published(output, plan.hash)
@@ -117,7 +117,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
-    labels_uri = str(output) if published else plan.partial_output
+    labels_uri = str(output) if published and not Path(plan.partial_output).exists() else plan.partial_output
     if not published:
         remove_partial_files(labels_uri)  # what a killed apply-lut left: never published
     output_levels = LabelOutput.open(labels_uri, plan.label_layout(), plan.hash).levels
@@ -142,7 +142,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
 
     if not published:
         mark_complete(plan.partial_output, plan.request_digest)
-    publish(plan.partial_output, plan.output, plan.label_layout(), plan.hash, overwrite)
+    publish(plan.partial_output, plan.output, plan.label_layout(), plan.hash, overwrite, keep_partial=keep_partial)
     if report.exists():
         remove_path(report)
     replace_tree(staged, report)

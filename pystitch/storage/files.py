@@ -121,6 +121,26 @@ def replace_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     shutil.rmtree(src, ignore_errors=True)
 
 
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` (which must not exist) a copy of directory ``src`` whose files
+    are hard links (a copy where links are impossible); ``src`` stays.  The
+    tree is built under a hidden sibling name and renamed, so ``dst`` appears
+    whole or not at all."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.incoming")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another filesystem, or links not allowed: copy
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, tmp, copy_function=link)
+    os.replace(tmp, dst)
+
+
 def remove_path(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():

@@ -29,7 +29,7 @@ from numcodecs import Blosc
 
 from .._version import __version__
 from ..errors import InputError, OutputExistsError, StagingError
-from .files import check_plan_hash, remove_path, replace_tree
+from .files import check_plan_hash, link_tree, remove_path, replace_tree
 from .zarrs import LABEL_CODEC, write_concurrently
 
 log = logging.getLogger(__name__)
@@ -269,22 +269,26 @@ def read_level(uri: str, level: int = 0) -> zarr.Array:
     return node if isinstance(node, zarr.Array) else node[str(level)]
 
 
-def publish(partial: str, target: str | Path, layout: LabelLayout, plan_hash: str, overwrite: bool) -> Path:
+def publish(partial: str, target: str | Path, layout: LabelLayout, plan_hash: str, overwrite: bool,
+            keep_partial: bool = False) -> Path:
     """Move the finished partial output to ``target`` (atomically where the
     filesystem allows) and, for labels inside an image, list them there.
+    ``keep_partial``: hard-link it there instead, keeping the partial output
+    (a workflow's task publishes into its own directory, and a retry of the
+    task must find the partial output again).
 
     An existing ``target`` is replaced only with ``overwrite`` and only when
     pystitch wrote it (it carries pystitch's marker); one that already holds
     this plan's finished output is kept as it is (a rerun after a kill)."""
     target = Path(target)
     if is_published(target, plan_hash):
-        if Path(partial).exists():
+        if Path(partial).exists() and not keep_partial:
             remove_path(partial)
     else:
         if target.exists() or target.is_symlink():
             check_replaceable(target, overwrite)
             remove_path(target)
-        replace_tree(partial, target)
+        (link_tree if keep_partial else replace_tree)(partial, target)
     if layout.label_name:
         labels = zarr.open_group(store=str(target.parent), mode="a",
                                  zarr_format=2 if layout.ngff_version == "0.4" else 3)
