@@ -66,6 +66,10 @@ class Plan:
     empty_blocks: tuple[int, ...] = ()
     stats: dict = field(default_factory=dict)
     format: int = PLAN_FORMAT
+    #: physical position of voxel 0 (the input's OME-Zarr translation), carried to the labels and the regions
+    translation: tuple[float, ...] | None = None
+    #: apply-lut also measures the image's intensity per object (regions table)
+    intensity_stats: bool = False
 
     # ---- validation and (de)serialisation
 
@@ -115,6 +119,9 @@ class Plan:
             "label_name": self.label_name,
             "empty_blocks": list(self.empty_blocks),
             "stats": self.stats,
+            # only when set, so that plans without them keep their hash
+            **({"translation": list(self.translation)} if self.translation else {}),
+            **({"intensity_stats": True} if self.intensity_stats else {}),
         }
 
     @classmethod
@@ -132,6 +139,8 @@ class Plan:
         d["pyramid"] = tuple(tuple(int(v) for v in f) for f in d.get("pyramid", ()))
         if d.get("voxel_size"):
             d["voxel_size"] = tuple(float(v) for v in d["voxel_size"])
+        if d.get("translation"):
+            d["translation"] = tuple(float(v) for v in d["translation"])
         return cls(**d)
 
     def requested(self) -> tuple[dict, dict | None]:
@@ -258,7 +267,7 @@ class Plan:
         """What the output label image looks like."""
         return LabelLayout(shape=self.shape, block=self.block_shape, axes=self.axes, pyramid=self.pyramid,
                            voxel_size=self.voxel_size, unit=self.unit, output_format=self.output_format,
-                           ngff_version=self.ngff_version, label_name=self.label_name)
+                           ngff_version=self.ngff_version, label_name=self.label_name, translation=self.translation)
 
     def make_backend(self) -> Backend:
         return get_backend(self.backend["name"]).from_params(
