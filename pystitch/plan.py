@@ -232,6 +232,11 @@ class Plan:
         """Which partial output resolve created last (apply-lut records it)."""
         return Path(self.work_dir) / "output-id.json"
 
+    @property
+    def staged_input(self) -> Path:
+        """Where the local runner copies an in-memory image for its worker processes."""
+        return Path(self.work_dir) / "input.zarr"
+
     def owned_paths(self) -> list[Path]:
         """Everything pystitch writes into the work directory."""
         return owned_paths(self.work_dir)
@@ -282,7 +287,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     wd = Path(work_dir)
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
-            wd / "output-id.json", wd / "report.partial"]
+            wd / "output-id.json", wd / "report.partial", wd / "input.zarr"]
 
 
 def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False) -> None:
