@@ -377,7 +377,7 @@ def _global_flags(argv: list[str]) -> tuple[list[str], str, bool, bool]:
         if arg in ("--quiet", "-q"):
             level = "WARNING"
         elif arg in ("--verbose", "-v"):
-            level = "DEBUG"
+            level = "VERBOSE"
         elif arg == "--log-level":
             level = next(it, "INFO").upper()
         elif arg.startswith("--log-level="):
@@ -392,10 +392,17 @@ def _global_flags(argv: list[str]) -> tuple[list[str], str, bool, bool]:
 
 
 def _setup_logging(level: str) -> None:
+    """``--verbose``: pystitch's own DEBUG lines (a line per block, also from
+    worker processes), other libraries at INFO; ``--log-level DEBUG``: everything."""
+    verbose = level == "VERBOSE"
+    if verbose:
+        level = "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"--log-level expects DEBUG, INFO, WARNING or ERROR. Got {level!r} instead.")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("pystitch").setLevel(logging.DEBUG)
 
 
 def describe_os_error(exc: OSError) -> str:
