@@ -303,7 +303,7 @@ def test_voxel_size_and_unit_for_an_image_without_metadata(tmp_path):
     table = read_csv_table(tmp_path / "out_report" / "regions.csv")
     np.testing.assert_allclose(table["volume_physical"], table["voxels"] * 3 * 0.25 * 0.25)
     assert set(table["unit"]) == {"nanometer"}
-    with pytest.raises(pystitch.InputError, match="Expected --voxel-size with one value or 3"):
+    with pytest.raises(pystitch.InputError, match="Expected --voxel-size with 3 values"):
         pystitch.run(img, tmp_path / "bad.zarr", block_shape=8, halo=1, threshold=500, voxel_size="1,2")
     assert not (tmp_path / "bad.zarr").exists()
 
