@@ -22,7 +22,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import OutputExistsError, StagingError
-from ..plan import Plan
+from ..plan import LOCATION_FIELDS, Plan
 from ..report.qc import pictures as qc_pictures, seam_qc, seam_remedy
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
 from ..report.summary import environment, trace_timings, write_reports
@@ -116,7 +116,8 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "planned_empty_blocks": len(plan.empty_blocks),
         "dtype": table.dtype.name,
         "stats": plan.stats,
-        "plan": plan.to_dict(),
+        # every setting (where files go is above: output, report_dir)
+        "plan": {k: v for k, v in plan.to_dict().items() if k not in LOCATION_FIELDS},
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
