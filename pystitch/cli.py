@@ -231,8 +231,30 @@ def _require(options: dict, name: str, what: str) -> Any:
 # --------------------------------------------------------------------------- commands
 
 
+def _step_progress(step: str, plan: Any, blocks: Any) -> Any:
+    """The progress of a step CLI over ``blocks`` of ``plan``: a bar on a
+    terminal, else log records (a workflow engine's task log keeps stderr)."""
+    from .grid import parse_block_ids
+    from .plan import Plan
+    from .progress import Progress, stderr_is_terminal
+
+    plan = Plan.load(plan)
+    return Progress(step, len(parse_block_ids(blocks, plan.n_blocks)), bar=stderr_is_terminal())
+
+
+def _with_progress(step: str, plan: Any, blocks: Any, fn: Callable[[], Any]) -> Any:
+    from .progress import reporting
+
+    with _step_progress(step, plan, blocks) as progress, reporting(progress.add):
+        result = fn()
+        progress.task_done(progress.total)  # every block is done (the last record, off a terminal)
+        if not progress.records:
+            log.info("%s", progress.line())
+    return result
+
+
 def cmd_plan_blocks(o: dict) -> None:
-    from .runner import Scheduler
+    from .runner import Scheduler, usable_cores
     from .steps.plan_blocks import plan_blocks
 
     from .storage.images import ImageSpec
@@ -240,8 +262,8 @@ def cmd_plan_blocks(o: dict) -> None:
     core, backend = P.bind("plan-blocks", o)
     image, output = ImageSpec.from_options(core.pop("image"), core), core.pop("output")
     workers = core.pop("workers")
-    with Scheduler(workers) as scheduler:
-        plan = plan_blocks(image, output, **core, backend_options=backend, map_tasks=scheduler.map_tasks("scan image"))
+    with Scheduler(usable_cores() if workers == "auto" else workers, progress=True) as scheduler:
+        plan = plan_blocks(image, output, **core, backend_options=backend, map_tasks=scheduler.map_tasks("scan"))
     print(plan.plan_path)
 
 
@@ -249,17 +271,19 @@ def cmd_segment_block(o: dict) -> None:
     from .steps.segment_block import segment_blocks
 
     core, _ = P.bind("segment-block", o)
-    segment_blocks(core["plan"], _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all"),
-                   manifest_dir=core["manifest_dir"], skip_existing=core["skip_existing"], device=core["device"],
-                   allow_cpu_fallback=core["allow_cpu_fallback"])
+    blocks = _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all")
+    _with_progress("segment", core["plan"], blocks, lambda: segment_blocks(
+        core["plan"], blocks, manifest_dir=core["manifest_dir"], skip_existing=core["skip_existing"],
+        device=core["device"], allow_cpu_fallback=core["allow_cpu_fallback"]))
 
 
 def cmd_face_pairs(o: dict) -> None:
     from .steps.face_pairs import face_pairs
 
     core, _ = P.bind("face-pairs", o)
-    face_pairs(core["plan"], _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all"),
-               manifests=_paths(core["manifests"]), out=core["out"])
+    blocks = _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all")
+    _with_progress("face-pairs", core["plan"], blocks, lambda: face_pairs(
+        core["plan"], blocks, manifests=_paths(core["manifests"]), out=core["out"]))
 
 
 def cmd_resolve(o: dict) -> None:
@@ -273,8 +297,9 @@ def cmd_apply_lut(o: dict) -> None:
     from .steps.apply_lut import apply_lut
 
     core, _ = P.bind("apply-lut", o)
-    apply_lut(core["plan"], _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all"),
-              lut=core["lut"], out=core["out"])
+    blocks = _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all")
+    _with_progress("apply-lut", core["plan"], blocks, lambda: apply_lut(
+        core["plan"], blocks, lut=core["lut"], out=core["out"]))
 
 
 def cmd_finalize(o: dict) -> None:
@@ -293,9 +318,7 @@ def cmd_run(o: dict) -> None:
     from .runner import run
 
     core, backend = P.bind("run", o)
-    core["progress"] = bool(core["progress"]) and sys.stderr.isatty()
     summary = run(core.pop("image"), core.pop("output"), **core, **backend)
-    log.info("%d objects -> %s", summary["objects"], summary["output"])
     print(summary["output"])
 
 
@@ -324,7 +347,6 @@ def cmd_convert(o: dict) -> None:
     from .conversion import convert
 
     core, _ = P.bind("convert", o)
-    core["progress"] = bool(core["progress"]) and sys.stderr.isatty()
     print(convert(core.pop("image"), core.pop("target"), **core)["output"])
 
 
@@ -355,7 +377,7 @@ def _global_flags(argv: list[str]) -> tuple[list[str], str, bool, bool]:
         if arg in ("--quiet", "-q"):
             level = "WARNING"
         elif arg in ("--verbose", "-v"):
-            level = "DEBUG"
+            level = "VERBOSE"
         elif arg == "--log-level":
             level = next(it, "INFO").upper()
         elif arg.startswith("--log-level="):
@@ -370,10 +392,17 @@ def _global_flags(argv: list[str]) -> tuple[list[str], str, bool, bool]:
 
 
 def _setup_logging(level: str) -> None:
+    """``--verbose``: pystitch's own DEBUG lines (a line per block, also from
+    worker processes), other libraries at INFO; ``--log-level DEBUG``: everything."""
+    verbose = level == "VERBOSE"
+    if verbose:
+        level = "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"--log-level expects DEBUG, INFO, WARNING or ERROR. Got {level!r} instead.")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("pystitch").setLevel(logging.DEBUG)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -43,7 +43,7 @@ from . import params
 from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .grid import parse_shape
-from .runner import Scheduler, sweep_order
+from .runner import Scheduler, available_memory, sweep_order, usable_cores
 from .storage.files import atomic_write_json, read_json, remove_path, replace_tree
 from .storage.images import ALL_CHANNELS, ImageSource, ImageSpec, absolute_uri, open_image
 
@@ -278,7 +278,7 @@ def _owned(path: Path) -> bool:
 
 def _convert(image: Any, target: Any, *, array_path: str | None, level: int | None, channel: Any,
              channel_axis: int | None, timepoint: int | None, ngff_version: str | None,
-             pyramid_levels: int | None, overwrite: bool, workers: int, progress: bool, pattern: str | None,
+             pyramid_levels: int | None, overwrite: bool, workers: Any, progress: bool, pattern: str | None,
              scene: Any, voxel_size: Any, unit: str | None, chunks: Any) -> dict:
     t0 = time.perf_counter()
     spec = ImageSpec.from_options(image, {
@@ -341,6 +341,9 @@ def _convert(image: Any, target: Any, *, array_path: str | None, level: int | No
         atomic_write_json(settings_file, {"hash": digest, "settings": settings, "version": __version__})
 
     written = skipped = 0
+    if workers == "auto":  # the cores, as many as the memory holds at a region read and written per worker
+        workers = max(1, min(usable_cores(), available_memory() // (3 * task_bytes())))
+        log.info("%d worker process%s (auto)", workers, "" if workers == 1 else "es")
     try:
         with Scheduler(workers, progress) as scheduler:
             spec_doc = spec.to_dict()
@@ -353,9 +356,9 @@ def _convert(image: Any, target: Any, *, array_path: str | None, level: int | No
                 pending = [(i, r) for i, r in todo if not _region_done(_marker(state, k, i), digest)]
                 skipped += len(todo) - len(pending)
                 batches = [pending[i:i + REGIONS_PER_TASK] for i in range(0, len(pending), REGIONS_PER_TASK)]
-                tasks = [(str(partial), str(state), digest, spec_doc, k, step, has_c, b)
-                         for b in sweep_order(batches, workers)]
-                for n in scheduler.map(_task, tasks, desc=f"convert level {k}"):
+                ordered = sweep_order(batches, workers)
+                tasks = [(str(partial), str(state), digest, spec_doc, k, step, has_c, b) for b in ordered]
+                for n in scheduler.map(_task, tasks, desc=f"convert level {k}", sizes=[len(b) for b in ordered]):
                     written += n
                 log.info("level %d %s: %d regions written, %d already done", k, lshape, len(pending),
                          len(todo) - len(pending))

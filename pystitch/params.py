@@ -240,13 +240,16 @@ PARAMS: tuple[Param, ...] = (
     _p("min_iou", "float", "IoU threshold of the match rule (default 0.2)", commands=PLAN_AND_RUN,
        group="segmentation", minimum=0.0, maximum=1.0),
     # ---- running
-    _p("workers", "int", "parallel processes", default=1, commands=READERS, group="running", minimum=1,
-       nextflow=False),
+    _p("workers", "int", "parallel processes, or auto: this machine's cores, as many as its available memory "
+       "holds at the backend's memory per worker for the block size (the count is logged)", default="auto",
+       choices=("auto",), commands=READERS, group="running", minimum=1, nextflow=False, metavar="N|auto"),
     _p("device", "str", "where a model runs (cellpose): auto (a GPU when the task has one), cpu, cuda, "
        "cuda:N, mps", commands=("run", "segment-block"), group="running", nextflow=False),
     _p("allow_cpu_fallback", "bool", "run on the CPU, with a warning, when the requested GPU is missing",
        commands=("run", "segment-block"), group="running", nextflow=False),
-    _p("progress", "bool", "progress bars (on a terminal)", default=True, commands=("run", "convert"),
+    _p("progress", "bool", "show the progress of each step in blocks: a bar on a terminal, else a log line "
+       "every PYSTITCH_PROGRESS_SECONDS (30) seconds and every tenth of the work", default=True,
+       commands=("run", "convert"),
        group="running", nextflow=False),
     # ---- report
     _p("pictures", "bool", "write the QC pictures into the report", default=True, commands=("run", "finalize"),
@@ -255,6 +258,10 @@ PARAMS: tuple[Param, ...] = (
        group="report", nextflow=False),
     _p("qc_faces", "int", "block faces sampled by the seam QC, or all", default=256, choices=("all",),
        commands=("finalize",), group="report", minimum=0, nextflow=False),
+    # ---- what the regions table measures
+    _p("intensity_stats", "bool", "measure the image's intensity per object (mean, max and sum per channel) for the "
+       "regions table; apply-lut then reads the image of its blocks", default=False, commands=PLAN_AND_RUN,
+       group="output", nextflow=False),
     # ---- the steps' own inputs and outputs
     _p("plan", "str", "path of plan.json (or of the work directory holding it)", group="step",
        commands=("segment-block", "face-pairs", "resolve", "apply-lut", "finalize", "batches"), positional=True,

@@ -66,6 +66,10 @@ class Plan:
     empty_blocks: tuple[int, ...] = ()
     stats: dict = field(default_factory=dict)
     format: int = PLAN_FORMAT
+    #: physical position of voxel 0 (the input's OME-Zarr translation), carried to the labels and the regions
+    translation: tuple[float, ...] | None = None
+    #: apply-lut also measures the image's intensity per object (regions table)
+    intensity_stats: bool = False
 
     # ---- validation and (de)serialisation
 
@@ -115,6 +119,9 @@ class Plan:
             "label_name": self.label_name,
             "empty_blocks": list(self.empty_blocks),
             "stats": self.stats,
+            # only when set, so that plans without them keep their hash
+            **({"translation": list(self.translation)} if self.translation else {}),
+            **({"intensity_stats": True} if self.intensity_stats else {}),
         }
 
     @classmethod
@@ -132,6 +139,8 @@ class Plan:
         d["pyramid"] = tuple(tuple(int(v) for v in f) for f in d.get("pyramid", ()))
         if d.get("voxel_size"):
             d["voxel_size"] = tuple(float(v) for v in d["voxel_size"])
+        if d.get("translation"):
+            d["translation"] = tuple(float(v) for v in d["translation"])
         return cls(**d)
 
     def requested(self) -> tuple[dict, dict | None]:
@@ -223,6 +232,11 @@ class Plan:
         """Which partial output resolve created last (apply-lut records it)."""
         return Path(self.work_dir) / "output-id.json"
 
+    @property
+    def staged_input(self) -> Path:
+        """Where the local runner copies an in-memory image for its worker processes."""
+        return Path(self.work_dir) / "input.zarr"
+
     def owned_paths(self) -> list[Path]:
         """Everything pystitch writes into the work directory."""
         return owned_paths(self.work_dir)
@@ -258,7 +272,7 @@ class Plan:
         """What the output label image looks like."""
         return LabelLayout(shape=self.shape, block=self.block_shape, axes=self.axes, pyramid=self.pyramid,
                            voxel_size=self.voxel_size, unit=self.unit, output_format=self.output_format,
-                           ngff_version=self.ngff_version, label_name=self.label_name)
+                           ngff_version=self.ngff_version, label_name=self.label_name, translation=self.translation)
 
     def make_backend(self) -> Backend:
         return get_backend(self.backend["name"]).from_params(
@@ -273,7 +287,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     wd = Path(work_dir)
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
-            wd / "output-id.json", wd / "report.partial"]
+            wd / "output-id.json", wd / "report.partial", wd / "input.zarr"]
 
 
 def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False) -> None:

@@ -13,32 +13,38 @@ image of a plan) that lives as long as the pool.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import logging.handlers
+import math
 import multiprocessing
 import os
+import sys
+import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import params
+from .errors import InputError
 from .grid import batches
-from .plan import Plan
+from .manifests import digest, read_manifests
+from .plan import Plan, clean_work_dir, default_work_dir, run_stem
+from .progress import Progress, format_duration, reporting, set_sink, stderr_is_terminal
 from .steps.apply_lut import apply_lut, stats_name
 from .steps.face_pairs import face_pairs, pairs_name
 from .steps.finalize import finalize
-from .steps.plan_blocks import WHEN_SCANNING, plan_blocks
+from .steps.plan_blocks import WHEN_SCANNING, AlreadyDone, check_run_locations, plan_blocks
 from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
-from .manifests import digest, read_manifests
-from .plan import clean_work_dir, default_work_dir, run_stem
-from .steps.plan_blocks import AlreadyDone, check_run_locations
 from .storage.files import DirectoryLock, read_json, read_npz
-from .storage.images import ImageSpec, absolute_uri
+from .storage.images import ImageSpec, absolute_uri, cache_capacity
 from .storage.labels import is_published
+from .storage.memory import fingerprint, is_array_input, local_zarr_location, register_staged, registered, stage
 
 log = logging.getLogger(__name__)
 
@@ -87,50 +93,169 @@ def _context() -> multiprocessing.context.BaseContext:
 
 class Scheduler:
     """Runs the tasks of a step: in this process (``workers`` <= 1) or in one
-    pool of worker processes started once for the whole run."""
+    pool of worker processes started once for the whole run.
+
+    Progress counts blocks, not tasks: a task is a batch of blocks, and the
+    steps report each block they finish (:func:`pystitch.progress.advance`);
+    worker processes send those reports and their log records to this
+    process over a queue, where they reach this process's logging (so
+    ``--verbose`` shows the workers' per-block lines).  ``progress``: a bar
+    when stderr is a terminal, else periodic one-line log records.
+    """
 
     def __init__(self, workers: int, progress: bool = False) -> None:
-        self.workers = workers
+        self.workers = int(workers)
         self.progress = progress
+        self.bar = bool(progress) and stderr_is_terminal()
         self._pool: ProcessPoolExecutor | None = None
+        self._queue: Any = None
+        self._listener: threading.Thread | None = None
+        self._current: Progress | None = None
+        #: staged copies of in-memory inputs (uri -> path) the workers read
+        self.inputs: dict[str, str] = {}
 
     def __enter__(self) -> "Scheduler":
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop_pool()
+        _close_segmenters()
+
+    def close_pool(self) -> None:
+        """Stop the worker processes (the next ``map`` starts them again)."""
+        self._stop_pool()
+
+    def resize(self, workers: int) -> None:
+        """Use ``workers`` processes from now on (a running pool of another size is stopped)."""
+        if int(workers) != self.workers:
+            self._stop_pool()
+            self.workers = int(workers)
+
+    # ---- the pool and the queue its workers report on
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = _context()
+            self._queue = ctx.Queue()
+            self._listener = threading.Thread(target=self._listen, name="pystitch-worker-logs", daemon=True)
+            self._listener.start()
+            levels = (logging.getLogger().getEffectiveLevel(), logging.getLogger("pystitch").getEffectiveLevel())
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
+                                             initargs=(self._queue, levels, dict(self.inputs), self.workers))
+        return self._pool
+
+    def _stop_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
-        _close_segmenters()
+        if self._listener is not None:
+            self._queue.put(None)
+            self._listener.join()
+            self._listener = None
+            self._queue.close()
+            self._queue.join_thread()
+            self._queue = None
 
-    def map(self, fn: Callable, tasks: Sequence[Any], desc: str = "") -> Iterator[Any]:
+    def _listen(self) -> None:
+        """Forward what workers put on the queue: progress reports and log records."""
+        while True:
+            try:
+                item = self._queue.get()
+            except (EOFError, OSError):
+                return
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                current = self._current
+                if current is not None:
+                    current.add(*item)
+            else:
+                logging.getLogger(item.name).handle(item)
+
+    # ---- running tasks
+
+    def map(self, fn: Callable, tasks: Sequence[Any], desc: str = "", sizes: Sequence[int] | None = None
+            ) -> Iterator[Any]:
         """Apply ``fn`` to every task.  Yields results as they complete; the
-        first failure cancels what has not started and is raised."""
-        bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress, unit="task", leave=False)
+        first failure cancels what has not started and is raised.  ``sizes``:
+        blocks per task (default 1), what the progress counts."""
+        sizes = list(sizes) if sizes is not None else [1] * len(tasks)
+        progress = Progress(desc, sum(sizes), bar=self.bar, records=bool(self.progress))
+        self._current = progress
         try:
             if self.workers <= 1 or len(tasks) <= 1:
-                for t in tasks:
-                    yield fn(t)
-                    bar.update()
+                with reporting(progress.add):
+                    for t, n in zip(tasks, sizes):
+                        result = fn(t)
+                        progress.task_done(n)
+                        yield result
                 return
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
-            pending = {self._pool.submit(fn, t) for t in tasks}
+            pool = self._start_pool()
+            with _main_module_hidden():  # workers start as tasks are submitted
+                futures = {pool.submit(fn, t): n for t, n in zip(tasks, sizes)}
+            order = {fut: i for i, fut in enumerate(futures)}
+            pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    # cancel what has not started; of the tasks that failed, report the first
+                    # submitted, so that the error does not depend on which worker was quicker
+                    for f in pending:
+                        f.cancel()
+                    started = [f for f in pending if not f.cancelled()]
+                    wait(started)
+                    failed += [f for f in started if f.exception() is not None]
+                    raise min(failed, key=order.__getitem__).exception()
                 for fut in done:
-                    if fut.exception() is not None:
-                        for p in pending:
-                            p.cancel()
-                        raise fut.exception()
+                    progress.task_done(futures[fut])
                     yield fut.result()
-                    bar.update()
         finally:
-            bar.close()
+            self._current = None
+            progress.close()
 
     def map_tasks(self, desc: str) -> Callable[[Callable, Sequence[Any]], Iterator[Any]]:
         """``map`` as the plain ``(fn, tasks)`` function a step accepts."""
         return lambda fn, tasks: self.map(fn, tasks, desc)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start worker processes without running the caller's script again.
+
+    A spawned or fork-server worker imports the parent's ``__main__`` module
+    (by path, or by name under ``python -m``), which runs a script without an
+    ``if __name__ == "__main__":`` guard a second time, in every worker.
+    Workers need nothing from it (tasks name pystitch functions, segmenters
+    are imported by ``module:function``), so it is hidden while they start."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            if "__spec__" in saved:
+                main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
+def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], workers: int) -> None:
+    """A worker process: its log records and progress reports go to the parent;
+    it reads in-memory inputs from their staged copies; its numeric libraries
+    share the cores with the other workers (unless the environment says)."""
+    threads = str(max(1, usable_cores() // max(1, workers)))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    register_staged(inputs)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(queue))
+    root.setLevel(levels[0])
+    logging.getLogger("pystitch").setLevel(levels[1])
+    set_sink(lambda step, blocks: queue.put((step, blocks)))
 
 
 def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
@@ -203,41 +328,248 @@ def _batch_step(scheduler: Scheduler, task: Callable, plan: Plan, directory: Pat
     """Run a per-batch step on the batches whose result file is missing."""
     belongs = _pairs_current(plan) if task is _pairs_task else _stats_current(plan)
     pending = _pending_batches(plan, directory, ids, name, batch_size, belongs)
-    for _ in scheduler.map(task, [(str(plan.plan_path), g) for g in pending], desc=desc):
+    for _ in scheduler.map(task, [(str(plan.plan_path), g) for g in pending], desc=desc,
+                           sizes=[len(g) for g in pending]):
         pass
 
 
-def run(image: str | os.PathLike, output: str | os.PathLike, **options: Any) -> dict:
+def usable_cores() -> int:
+    """CPU cores this process may run on (a batch job's allocation, not the whole node)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory() -> int:
+    """Bytes this run may still use: the kernel's MemAvailable, bounded by the
+    memory limit of this process's cgroup (containers, SLURM jobs)."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2 ** 60:
+            avail = min(avail, max(0, limit - usage))
+    return int(avail)
+
+
+def _gpu_memory(plan: Plan, device: str | None) -> int | None:
+    """Memory of the GPU a model backend's workers share, when they run on one."""
+    if plan.backend.get("name") != "cellpose" or (device or "auto") == "cpu":
+        return None
+    try:
+        import torch  # only for a model backend, which imports it in every worker anyway
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = int(device.split(":")[1]) if device and device.startswith("cuda:") else 0
+    return int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def choose_workers(requested: Any, plan: Plan, tasks: int, device: str | None = None) -> tuple[int, str]:
+    """The number of worker processes, and why.  ``auto``: the cores this
+    process may use, no more than the available memory holds at the
+    backend's memory per worker (its model for blocks of this plan plus the
+    image's chunk cache) and, for a model on a GPU, the GPU's memory; never
+    more than there are tasks."""
+    if requested != "auto":
+        return int(requested), "given"
+    cores = usable_cores()
+    backend = plan.make_backend()
+    # the largest block with its halo (an inner one), without a pass over every block
+    voxels = math.prod(min(b + 2 * h, n) for b, h, n in zip(plan.block_shape, plan.halo, plan.shape))
+    per_worker = backend.task_memory(voxels) + cache_capacity()
+    memory = available_memory()
+    by_memory = max(1, memory // per_worker)
+    n = max(1, min(cores, by_memory, tasks))
+    why = (f"auto: {cores} cores, {memory / 2 ** 30:.1f} GiB available, ~{per_worker / 2 ** 30:.2f} GiB per worker "
+           f"({plan.backend['name']} blocks of {voxels} voxels with the halo, chunk cache included)")
+    gpu = _gpu_memory(plan, device)
+    if gpu is not None:
+        n = max(1, min(n, int(0.8 * gpu) // backend.task_memory(voxels)))
+        why += f", GPU of {gpu / 2 ** 30:.1f} GiB"
+    if tasks < min(cores, by_memory):
+        why += f", {tasks} task(s)"
+    return n, why
+
+
+def _as_image(image: Any, array_path: str | None, level: int | None) -> tuple[str, str | None, Any]:
+    """``(uri, array path, in-memory array or None)`` of what the caller gave as the image."""
+    if not is_array_input(image):
+        return os.fspath(image), array_path, None
+    where = local_zarr_location(image)
+    if where is not None:  # a zarr array on disk: read in place, by path
+        if array_path is not None:
+            raise InputError(f"Expected array_path only with an image path. Got a zarr array ({where[0]}) "
+                             f"and array_path={array_path!r} instead.")
+        return where[0], where[1], None
+    if array_path is not None or level not in (None, 0):
+        raise InputError("Expected array_path and level only with an image path or a zarr array on disk. "
+                         f"Got an in-memory {type(image).__name__} instead.")
+    return fingerprint(image), None, image
+
+
+def run(image: Any, output: str | os.PathLike, **options: Any) -> dict:
     o, backend_options = params.bind("run", options)
-    image = ImageSpec.from_options(image, o)  # takes the input options _run does not name (pattern, scene, ...)
     return _run(image, output, backend_options=backend_options, **o)
 
 
-run.__doc__ = params.document("run", """Segment ``image`` block by block and stitch the labels into ``output``.
+_IMAGE_DOC = """image : path, zarr.Array, numpy.ndarray or dask.array.Array
+    The image: a path (zarr array or group, OME-Zarr image, TIFF file), a
+    zarr array (read in place when its store is a local directory), or an
+    array in memory (numpy, dask, zarr in memory).  An in-memory array is
+    read block by block, never copied whole: by this process when one
+    worker runs, else from a copy the run writes block by block into the
+    work directory (``input.zarr``, removed with the work directory).  Its
+    identity in the plan is a SHA-256 of its shape, dtype and bytes (dask:
+    dask's token of the graph), so a run of the same array resumes.
+    Axes are ``yx`` or ``zyx`` (plus ``channel_axis``)."""
+
+
+def _api_doc(command: str, intro: str, returns: str, examples: str, replace: dict[str, str]) -> str:
+    """numpydoc: the intro, the parameters of ``command`` (those named in
+    ``replace`` with the API's own text), what it returns, examples."""
+    doc = params.document(command, intro)
+    for name, text in replace.items():
+        head, rest = doc.split(f"\n{name} : ", 1)
+        rest = rest.split("\n", 1)[1]
+        while rest.startswith("    "):
+            rest = rest.split("\n", 1)[1]
+        doc = head + "\n" + text + "\n" + rest
+    return doc + "\n" + returns.strip("\n") + "\n" + examples
+
+
+run.__doc__ = _api_doc("run", """Segment ``image`` block by block and stitch the labels into ``output``.
 
 Every step runs on this machine, in ``workers`` processes; an interrupted
 run resumes where it stopped.  Options of the chosen backend
 (``threshold=500``, ``function="pkg.mod:fn"``, ``diameter=17`` ...) are
-keyword arguments like the others.  Returns the run summary (also written
-to ``<report_dir>/summary.json``).""")
+keyword arguments like the others.  Progress is a bar when stderr is a
+terminal, else log records of the ``pystitch.progress`` logger.""", """
+Returns
+-------
+dict
+    The run summary (also written to ``<report_dir>/summary.json``):
+    ``objects``, ``output``, ``report_dir``, settings, seam QC, timings.""", """
+Examples
+--------
+>>> import tempfile, numpy as np, pystitch
+>>> image = np.zeros((64, 64), np.uint16)
+>>> image[4:60, 30:34] = 1000            # one object across four blocks
+>>> with tempfile.TemporaryDirectory() as d:
+...     summary = pystitch.run(image, f"{d}/labels.zarr", block_shape=32, halo=1, threshold=500,
+...                            workers=1, pictures=False)
+...     summary["objects"], summary["blocks"]
+(1, 4)
+""", {"image": _IMAGE_DOC})
+
+
+def segment(image: Any, output: str | os.PathLike | None = None, **options: Any) -> Any:
+    o, backend_options = params.bind("run", options)
+    if output is not None:
+        summary = _run(image, output, backend_options=backend_options, **o)
+        from .storage.labels import read_level
+
+        return read_level(summary["output"], 0)
+    import tempfile
+
+    import zarr
+
+    with tempfile.TemporaryDirectory(prefix="pystitch-") as tmp:
+        if o["report_dir"] is None:
+            o["pictures"] = False
+        o.update(output_format="zarr", work_dir=o["work_dir"] or os.path.join(tmp, "work"),
+                 report_dir=o["report_dir"] or os.path.join(tmp, "report"))
+        summary = _run(image, os.path.join(tmp, "labels.zarr"), backend_options=backend_options, **o)
+        written = zarr.open_array(store=summary["output"], mode="r")
+        labels = zarr.create_array(store=zarr.storage.MemoryStore(), shape=written.shape, chunks=written.chunks,
+                                   dtype=written.dtype, fill_value=0)
+        for corner in itertools.product(*(range(0, n, c) for n, c in zip(written.shape, written.chunks))):
+            chunk = tuple(slice(k, k + c) for k, c in zip(corner, written.chunks))
+            labels[chunk] = written[chunk]
+    labels.attrs["pystitch"] = {k: summary[k] for k in ("objects", "plan_hash", "axes", "voxel_size", "unit",
+                                                         "block_shape", "halo", "rule")}
+    return labels
+
+
+segment.__doc__ = _api_doc("run", """Segment ``image`` and return its label image as a zarr array.
+
+The same run as :func:`run` (same options).  With ``output`` (a path) the
+labels are written there and that array (level 0) is returned; without, the
+labels come back in memory (a zarr array in a ``MemoryStore``; ``labels[:]``
+gives numpy) and the work directory and report go to a temporary directory
+that is removed, unless ``work_dir`` / ``report_dir`` are given.""", """
+Returns
+-------
+zarr.Array
+    Ids ``1..N`` (0 is background); its ``attrs["pystitch"]`` holds the
+    object count and the plan's hash.""", """
+Examples
+--------
+>>> import numpy as np, pystitch
+>>> image = np.zeros((64, 64), np.uint16)
+>>> image[4:60, 30:34] = 1000            # one object across four blocks
+>>> image[10:14, 5:9] = 1000             # and a small one
+>>> labels = pystitch.segment(image, block_shape=32, halo=1, threshold=500, workers=1)
+>>> labels.shape, labels.attrs["pystitch"]["objects"], sorted(np.unique(labels[:]).tolist())
+((64, 64), 2, [0, 1, 2])
+
+A dask array is read the same way, block by block:
+
+>>> import dask.array as da
+>>> lazy = da.from_array(image, chunks=16)
+>>> bool((pystitch.segment(lazy, block_shape=32, halo=1, threshold=500, workers=1)[:] == labels[:]).all())
+True
+""", {"image": _IMAGE_DOC, "output": """output : path, optional
+    Where to write the label image (zarr); it must not exist unless
+    ``overwrite``.  None: the labels are returned in memory."""})
 
 
 def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
          min_iou: float | None, label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool,
-         workers: int, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
+         workers: Any, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
          ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool, device: str | None,
          allow_cpu_fallback: bool | None, memory_gb: float | None, backend_options: dict,
-         batch_size: int = BATCH_SIZE) -> dict:
-    timings: dict[str, float] = {}
-    spec = image if isinstance(image, ImageSpec) else ImageSpec(
-        uri=image, array_path=array_path, level=level, channel=channel, channel_axis=channel_axis,
-        timepoint=timepoint)
+         intensity_stats: bool = False, batch_size: int = BATCH_SIZE, **input_options: Any) -> dict:
+    started = time.perf_counter()
+    in_memory = None
+    if isinstance(image, ImageSpec):
+        spec = image
+    else:
+        uri, array_path, in_memory = _as_image(image, array_path, level)
+        # the input options _run does not name (pattern, scene, voxel_size, unit)
+        spec = ImageSpec.from_options(uri, {**input_options, "array_path": array_path, "level": level,
+                                            "channel": channel, "channel_axis": channel_axis,
+                                            "timepoint": timepoint})
     output = absolute_uri(output)
     wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
     check_run_locations(spec.uri, output, wd, report_dir)
+    timings: dict[str, float] = {}
     # one run per work directory: a second one fails at once, naming this one
-    with DirectoryLock(wd), Scheduler(workers, progress) as scheduler:
+    with ExitStack() as stack:
+        if in_memory is not None:
+            stack.enter_context(registered(spec.uri, in_memory))
+        stack.enter_context(DirectoryLock(wd))
+        scheduler = stack.enter_context(Scheduler(usable_cores() if workers == "auto" else workers, progress))
         t = time.perf_counter()
         try:
             plan = plan_blocks(
@@ -245,9 +577,10 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
                 label_dtype=label_dtype, work_dir=wd, report_dir=report_dir, overwrite=overwrite,
                 # locally, segment-block finds empty blocks itself: no extra pass over the image just for that
                 skip_empty=WHEN_SCANNING if skip_empty is None else skip_empty, stats_level=stats_level,
-                map_tasks=scheduler.map_tasks("scan image"), backend_options=backend_options,
-                output_format=output_format, ngff_version=ngff_version, pyramid_levels=pyramid_levels,
-                memory_gb=memory_gb)
+                # an in-memory image is scanned by this process, which holds it
+                map_tasks=scheduler.map_tasks("scan") if in_memory is None else None,
+                backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
+                pyramid_levels=pyramid_levels, memory_gb=memory_gb, intensity_stats=intensity_stats)
         except AlreadyDone as done:
             summary_path = Path(done.report_dir) / "summary.json"
             if summary_path.exists():
@@ -261,14 +594,29 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         todo = plan.work_blocks()
         finished = is_published(plan.output, plan.hash)  # killed after publishing: only the report is left
 
-        t = time.perf_counter()
         # rows of neighbouring blocks per task: they read the same input chunks (see ChunkCache)
         row = min(max(plan.grid.counts[-1], 4), 64)
         runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                    if v is not None}
-        groups = [] if finished else sweep_order(batches(todo, row), workers)
-        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), workers)
-        for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment"):
+        tasks = 0 if finished else max(len(batches(todo, row)), len(batches(todo, batch_size)))  # busiest step
+        n_workers, why = choose_workers(workers, plan, tasks, device)
+        log.info("%d worker process%s (%s)", n_workers, "" if n_workers == 1 else "es", why)
+        scheduler.resize(n_workers)
+        if in_memory is not None and n_workers > 1 and todo and not finished:
+            t = time.perf_counter()
+            scheduler.close_pool()  # workers started from now on know where the copy is
+            stage(spec.uri, in_memory, str(plan.staged_input), _full_regions(plan, in_memory),
+                  _full_chunks(plan, in_memory))
+            scheduler.inputs[spec.uri] = str(plan.staged_input)
+            timings["stage_input"] = time.perf_counter() - t
+            log.info("copied the in-memory image to %s for the workers (%.1f s)", plan.staged_input,
+                     timings["stage_input"])
+
+        t = time.perf_counter()
+        groups = [] if finished else sweep_order(batches(todo, row), n_workers)
+        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), n_workers)
+        for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment",
+                               sizes=[len(g) for g in groups]):
             pass
         timings["segment"] = time.perf_counter() - t
 
@@ -287,11 +635,42 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
             t = time.perf_counter()
             _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, todo, batch_size, "apply-lut")
             timings["apply_lut"] = time.perf_counter() - t
+        scheduler.close_pool()
 
         log.info("stage finalize")
         summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
-                           extra={"workers": workers,
+                           extra={"workers": n_workers, "workers_reason": why,
                                   "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
         if not keep_work:
             plan.clean_work_dir(finished=True)
+    elapsed = time.perf_counter() - started
+    log.info("done in %s: %d objects in %s (report: %s)", format_duration(elapsed), summary["objects"],
+             summary["output"], summary["report_dir"])
     return summary
+
+
+def _full_regions(plan: Plan, array: Any) -> list[tuple[slice, ...]]:
+    """The blocks' cores as regions of the whole array (channel and time axes whole)."""
+    spatial = _spatial_positions(plan, array)
+    out = []
+    for b in range(plan.n_blocks):
+        region = [slice(None)] * len(array.shape)
+        for pos, s in zip(spatial, plan.grid.core(b)):
+            region[pos] = s
+        out.append(tuple(region))
+    return out
+
+
+def _full_chunks(plan: Plan, array: Any) -> tuple[int, ...]:
+    chunks = [1] * len(array.shape)
+    for pos, b in zip(_spatial_positions(plan, array), plan.block_shape):
+        chunks[pos] = b
+    return tuple(chunks)
+
+
+def _spatial_positions(plan: Plan, array: Any) -> list[int]:
+    ca = plan.image.channel_axis if plan.image else None
+    positions = list(range(len(array.shape)))
+    if ca is not None:
+        positions.remove(ca % len(array.shape))
+    return positions

@@ -136,3 +136,8 @@ def memory_hog_once(block: np.ndarray, marker: str = "", megabytes: int = 1024) 
         time.sleep(6)
         del hog
     return ndimage.label(block > 500)[0]
+
+
+def first_channel_threshold(block: np.ndarray, threshold: float = 500) -> np.ndarray:
+    """Objects of the first channel (a segmenter given several channels)."""
+    return ndimage.label(block[0] > threshold)[0]

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent
 TRIALS = 12
 SEED = 20261202
-#: summary fields that measure time (or say where files are): not compared
-VOLATILE = {"timings_seconds", "finalize_seconds", "output", "report_dir", "trace_timings"}
+#: summary fields that measure time, say where files are, or describe the machine at that moment: not compared
+VOLATILE = {"timings_seconds", "finalize_seconds", "output", "report_dir", "trace_timings", "environment",
+            "workers_reason"}
 
 
 def tree(path: Path) -> dict[str, bytes]:

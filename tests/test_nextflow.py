@@ -166,6 +166,25 @@ def test_existing_results_stop_a_new_run_before_any_task(test_profile_run, nextf
     assert trace_rows(launch / "trace.txt") == []
 
 
+def test_task_logs_show_progress_in_blocks(test_profile_run):
+    """Each block step's task log (.command.err, no terminal) holds its progress
+    records, ending with all of the task's blocks."""
+    import re
+
+    launch = test_profile_run["launch"]
+    names = {"SEGMENT_BLOCK": "segment", "FACE_PAIRS": "face-pairs", "APPLY_LUT": "apply-lut"}
+    seen = 0
+    for row in trace_rows(launch / "trace.txt"):
+        if step(row) not in names:
+            continue
+        workdir = next((launch / "work").glob(row["hash"] + "*"))
+        log = (workdir / ".command.err").read_text()
+        last = re.findall(rf"pystitch\.progress: {names[step(row)]}: (\d+)/(\d+) blocks", log)
+        assert last and last[-1][0] == last[-1][1] and int(last[-1][1]) >= 1, log[-2000:]
+        seen += 1
+    assert seen == 9
+
+
 # --------------------------------------------------------------------------- failures
 
 

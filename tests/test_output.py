@@ -162,12 +162,16 @@ def test_pictures_and_summary(into_image):
     names = [p["file"] for p in pics]
     assert names[:3] == ["projection-z.png", "projection-y.png", "projection-x.png"]
     assert sum(n.startswith("seam-") for n in names) >= 3
-    # level 0 (largest side <= 1024); y/x projections: z stretched by the anisotropy (2.0 / 0.5 = 4)
+    # level 0 (largest side <= 1024); y/x projections: z stretched by the anisotropy (2.0 / 0.5 = 4);
+    # under each picture a strip with its scale bar
+    from pystitch.report.qc import STRIP
+
     expected = {"projection-z.png": (300, 264), "projection-y.png": (20 * 4, 264),
                 "projection-x.png": (20 * 4, 300)}
     for name, shape in expected.items():
         rgb = imagecodecs.png_decode((report / name).read_bytes())
-        assert rgb.shape == shape + (3,), name
+        assert rgb.shape == (shape[0] + STRIP, shape[1], 3), name
+        rgb = rgb[:shape[0]]
         assert rgb.std() > 20 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, f"{name} looks blank"
         assert ((rgb[..., 0] == 255) & (rgb[..., 1] == 40)).any(), "the block grid was asked for"
     md = (report / "summary.md").read_text()

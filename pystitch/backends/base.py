@@ -12,6 +12,14 @@ from ..errors import InputError
 
 _REGISTRY: dict[str, type["Backend"]] = {}
 
+#: memory of one worker process of the local runner for a backend without a
+#: model of its own: TASK_BASE_BYTES + TASK_BYTES_PER_VOXEL x voxels of a block
+#: (core + halo).  Measured with benchmarks/worker_memory.py (threshold backend
+#: with smoothing, segment + face-pairs + apply-lut, chunk cache off): ~100 MiB
+#: plus ~64 bytes per voxel; the constants add a margin.
+TASK_BASE_BYTES = 128 * 2 ** 20
+TASK_BYTES_PER_VOXEL = 80
+
 
 @dataclass(frozen=True)
 class SegmentationContext:
@@ -76,6 +84,12 @@ class Backend(ABC):
         """A block shape sized for ``memory_bytes`` per task (``--block-shape auto``)."""
         raise InputError(f"--block-shape auto needs a backend with a memory model (cellpose). "
                          f"Got backend {self.name!r}: give the block shape.")
+
+    def task_memory(self, voxels: int) -> int:
+        """Bytes one worker process needs to segment blocks of ``voxels`` voxels
+        (core + halo), the image's chunk cache not included (``--workers auto``).
+        A callable's own memory is unknown: this is a floor for it."""
+        return TASK_BASE_BYTES + TASK_BYTES_PER_VOXEL * int(voxels)
 
     def default_halo(self, ndim: int, voxel_size: tuple[float, ...] | None) -> tuple[int, ...] | None:
         """A halo suited to the method, or None when the user must give one."""

@@ -196,6 +196,11 @@ class CellposeBackend(Backend):
     def default_halo(self, ndim: int, voxel_size: tuple[float, ...] | None) -> tuple[int, ...]:
         return default_halo(self.settings["diameter"], self.settings["anisotropy"], ndim)
 
+    def task_memory(self, voxels: int) -> int:
+        """The memory model above for blocks of ``voxels`` voxels (core + halo)."""
+        mode = "2-D" if self.ndim == 2 else ("do_3D" if self.settings["do_3D"] else "planes")
+        return BASE_BYTES + BYTES_PER_VOXEL[mode] * int(voxels)
+
     def auto_block_shape(self, shape: tuple[int, ...], halo: tuple[int, ...], memory_bytes: int) -> tuple[int, ...]:
         """The largest block (core, a multiple of 16 in Y/X, at least twice the
         halo) whose core + halo fits ``memory_bytes`` by the memory model above;

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import InputError
 from .base import Backend, SegmentationContext, per_axis, register, reject_unknown
@@ -114,6 +113,8 @@ class ThresholdBackend(Backend):
         return None if self.threshold == "otsu" else float(self.threshold)
 
     def segment(self, data: np.ndarray, crop: tuple[slice, ...], ctx: SegmentationContext) -> np.ndarray:
+        from scipy import ndimage  # here, not at import: the steps that do not segment never load scipy
+
         if data.ndim != ctx.ndim:
             raise InputError(
                 f"The threshold backend segments one channel. Got a block of shape {data.shape} for a "

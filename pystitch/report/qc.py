@@ -176,20 +176,23 @@ def render(image2d: np.ndarray | None, labels2d: np.ndarray, lines: Sequence[tup
            scale: Sequence[int] = (1, 1)) -> np.ndarray:
     """RGB picture: dimmed gray image (or a label mask), objects tinted and
     outlined in their colour, and lines ``(axis, position)`` (seams, block
-    grid) in red.  ``scale`` repeats pixels per axis (anisotropy, small crops)."""
+    grid: the boundary before voxel ``position``) in red.  ``scale`` repeats
+    pixels per axis (anisotropy, small crops)."""
     base = _gray(image2d) if image2d is not None else ((labels2d > 0) * 90).astype(np.uint8)
     rgb = np.repeat((base.astype(np.float32) * 0.6)[..., None], 3, axis=-1)
     fg = labels2d > 0
     rgb[fg] = rgb[fg] * 0.6 + _colors(labels2d[fg]).astype(np.float32) * 0.4
     edge = outlines(labels2d)
     rgb[edge] = _colors(labels2d[edge])
-    rgb = rgb.astype(np.uint8)
+    rgb = rgb.astype(np.uint8).repeat(int(scale[0]), axis=0).repeat(int(scale[1]), axis=1)
     for axis, pos in lines:
-        if 0 <= pos < rgb.shape[axis]:
+        if 0 < pos < labels2d.shape[axis]:
+            # on the boundary before voxel ``pos``: one or two pixels, no voxel hidden behind it
+            at = pos * int(scale[axis])
             idx = [slice(None), slice(None)]
-            idx[axis] = pos
+            idx[axis] = slice(max(at - 1, 0), at + 1) if scale[axis] > 2 else slice(at, at + 1)
             rgb[tuple(idx)] = np.array([255, 40, 40], np.uint8)
-    return rgb.repeat(int(scale[0]), axis=0).repeat(int(scale[1]), axis=1)
+    return rgb
 
 
 def _display_scale(plan: Plan, axes: Sequence[int], shape: Sequence[int], target: int) -> tuple[int, int]:
@@ -233,7 +236,10 @@ def _image_at(plan: Plan, source: Any, factor: Sequence[int]) -> np.ndarray | No
 
 def pictures(plan: Plan, source: Any, labels_levels: Sequence[Any], out_dir: Path, seams: Sequence[dict],
              grid: bool = False, n_crops: int = 4, crop_half: int = 64) -> list[dict]:
-    """Write the QC pictures into ``out_dir``; returns ``[{file, caption}]``."""
+    """Write the QC pictures into ``out_dir``; returns ``[{file, caption, ...}]``.
+
+    Every picture has a scale bar (physical units when the voxel size is
+    known, else voxels) and names its axes; ``seams`` are the faces to crop."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[dict] = []
     k = _picture_level(plan)
@@ -261,32 +267,151 @@ def pictures(plan: Plan, source: Any, labels_levels: Sequence[Any], out_dir: Pat
                 lines += [(i, p) for p in range(step, lab2.shape[i], step)]
         scale = _display_scale(plan, shown, lab2.shape, 512)
         name = "projection.png" if axis is None else f"projection-{plan.axes[axis]}.png"
-        write_png(out_dir / name, render(img2, lab2, lines, scale))
+        rgb, bar = annotate(render(img2, lab2, lines, scale), plan, shown, [factor[a] / s for a, s in
+                                                                             zip(shown, scale)])
+        write_png(out_dir / name, rgb)
         caption = (f"{what} along {plan.axes[axis]}" if axis is not None else "image") + \
-            f" with label outlines (level {k}, stride {list(factor)})" + (", block grid in red" if grid else "")
-        made.append({"file": name, "caption": caption})
+            f" with label outlines (level {k}, stride {list(factor)})" + (", block grid in red" if grid else "") + \
+            f"; {plan.axes[shown[0]]} down, {plan.axes[shown[1]]} across; scale bar {bar['label']}"
+        made.append({"file": name, "caption": caption, "axes": [plan.axes[a] for a in shown], "scale_bar": bar})
     made += seam_crops(plan, source, labels_levels[0], out_dir, seams[:n_crops], crop_half)
     return made
 
 
+# --------------------------------------------------------------------------- scale bars and axis names
+
+_UNIT_SHORT = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+               "um": "µm", "micron": "µm"}
+#: height of the strip under a picture that holds the scale bar
+STRIP = 22
+BAR_COLOR = (255, 255, 255)
+
+
+def nice_length(limit: float) -> float:
+    """The largest 1, 2 or 5 x 10^k not above ``limit`` (a scale bar's length).
+
+    >>> nice_length(37.0), nice_length(0.8), nice_length(5.0)
+    (20.0, 0.5, 5.0)
+    """
+    if not limit > 0:
+        return 0.0
+    exp = math.floor(math.log10(limit))
+    for m in (5, 2, 1):
+        value = m * 10.0 ** exp
+        if value <= limit * (1 + 1e-9):
+            return float(f"{value:.12g}")
+    return float(f"{10.0 ** exp:.12g}")
+
+
+def annotate(rgb: np.ndarray, plan: Plan, shown: Sequence[int], voxels_per_pixel: Sequence[float]
+             ) -> tuple[np.ndarray, dict]:
+    """Add a strip with a scale bar under ``rgb`` and the names of its axes
+    (arrows in the top-left corner: ``shown[1]`` across, ``shown[0]`` down).
+
+    ``voxels_per_pixel``: level-0 voxels per picture pixel, per shown axis.
+    Returns the picture and ``{length, unit, pixels, label}`` of the bar."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=12)
+    across = shown[1]
+    if plan.voxel_size:
+        size = plan.voxel_size[across] * voxels_per_pixel[1]
+        unit = _UNIT_SHORT.get(plan.unit or "", plan.unit or "units")
+    else:
+        size, unit = voxels_per_pixel[1], "px"
+    h, w = rgb.shape[:2]
+    length = nice_length(w / 4 * size)
+    pixels = max(1, int(round(length / size))) if size > 0 else 1
+    label = f"{length:g} {unit}"
+    width = max(w, pixels + 24 + int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)))
+    canvas = Image.new("RGB", (width, h + STRIP), (0, 0, 0))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = h + STRIP // 2 - 2
+    draw.rectangle([6, y, 6 + pixels - 1, y + 3], fill=BAR_COLOR)
+    _text(draw, (12 + pixels, h + 4), label, font, BAR_COLOR)
+    # axis names: an arrow across and one down from the top-left corner, drawn over a dark shadow
+    names = (plan.axes[shown[1]], plan.axes[shown[0]])
+    arm = max(12, min(28, min(w, h) // 5))
+    x0 = y0 = 5
+    for color, off in (((0, 0, 0), 1), ((255, 255, 0), 0)):
+        draw.line([(x0 + off, y0 + off), (x0 + arm + off, y0 + off)], fill=color, width=2)
+        draw.line([(x0 + arm - 4 + off, y0 - 3 + off), (x0 + arm + off, y0 + off), (x0 + arm - 4 + off, y0 + 3 + off)],
+                  fill=color, width=2)
+        draw.line([(x0 + off, y0 + off), (x0 + off, y0 + arm + off)], fill=color, width=2)
+        draw.line([(x0 - 3 + off, y0 + arm - 4 + off), (x0 + off, y0 + arm + off), (x0 + 3 + off, y0 + arm - 4 + off)],
+                  fill=color, width=2)
+        draw.text((x0 + arm + 4 + off, y0 - 7 + off), names[0], font=font, fill=color)
+        draw.text((x0 - 3 + off, y0 + arm + 2 + off), names[1], font=font, fill=color)
+    return np.asarray(canvas), {"length": length, "unit": unit, "pixels": pixels, "label": label}
+
+
+def _text(draw: Any, xy: tuple[int, int], text: str, font: Any, fill: tuple[int, int, int]) -> None:
+    """Text, with µ drawn as a u with a descender (the default font has no µ)."""
+    x, y = xy
+    for i, part in enumerate(text.split("µ")):
+        if i:
+            draw.text((x, y), "u", font=font, fill=fill)
+            left, top, right, bottom = draw.textbbox((x, y), "u", font=font)
+            draw.line([(left, top), (left, bottom + 3)], fill=fill, width=1)
+            x = right
+        draw.text((x, y), part, font=font, fill=fill)
+        x += int(draw.textlength(part, font=font))
+
+
+# --------------------------------------------------------------------------- seam crops
+
+
+def _crossing_object(p: np.ndarray, q: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """An object that crosses between two adjacent planes ``p`` and ``q``:
+    one that breaks there (different ids on the two sides) if any, else the
+    one that continues over the largest area.  ``(id before, id after,
+    centre in plane coordinates)``, or None when nothing crosses."""
+    both = (p > 0) & (q > 0)
+    if not both.any():
+        return None
+    for mask in (both & (p != q), both & (p == q)):
+        if mask.any():
+            ids, counts = np.unique(p[mask], return_counts=True)
+            pick = int(ids[np.argmax(counts)])
+            where = mask & (p == pick)
+            pairs, n = np.unique(q[where], return_counts=True)
+            after = int(pairs[np.argmax(n)])
+            centre = np.round(np.mean(np.nonzero(where & (q == after)), axis=1)).astype(int)
+            return pick, after, centre
+    return None
+
+
 def seam_crops(plan: Plan, source: Any, labels: Any, out_dir: Path, faces: Sequence[dict], half: int) -> list[dict]:
-    """Full-resolution crops centred on seams (seam in red)."""
+    """Full-resolution crops across seams (seam in red), each centred on an
+    object that crosses the seam — one that breaks there if any — in the
+    plane through that object's centre; the caption names the plane."""
     made = []
-    for i, face in enumerate(faces):
-        a, axis = face["block"], plan.axes.index(face["axis"])
+    for face in faces:
+        a, b, axis = face["block"], face["neighbour"], plan.axes.index(face["axis"])
         core = plan.grid.core(a)
         seam = core[axis].stop
-        other = max((ax for ax in range(plan.ndim) if ax != axis), key=lambda ax: plan.shape[ax])
+        planes = []
+        for pos in (seam - 1, seam):
+            region = list(core)
+            region[axis] = slice(pos, pos + 1)
+            planes.append(np.take(np.asarray(labels[tuple(region)]), 0, axis=axis))
+        found = _crossing_object(*planes)
+        if found is None:
+            continue
+        before, after, centre_face = found
+        rest = [ax for ax in range(plan.ndim) if ax != axis]
+        centre = {ax: core[ax].start + int(c) for ax, c in zip(rest, centre_face)}
+        other = max(rest, key=lambda ax: plan.shape[ax])
         region = []
         for ax in range(plan.ndim):
             if ax == axis:
                 region.append(slice(max(seam - half, 0), min(seam + half, plan.shape[ax])))
             elif ax == other:
-                mid = (core[ax].start + core[ax].stop) // 2
-                region.append(slice(max(mid - half, 0), min(mid + half, plan.shape[ax])))
+                lo = min(max(centre[ax] - half, 0), max(plan.shape[ax] - 2 * half, 0))
+                region.append(slice(lo, min(lo + 2 * half, plan.shape[ax])))
             else:
-                mid = (core[ax].start + core[ax].stop) // 2
-                region.append(slice(mid, mid + 1))
+                region.append(slice(centre[ax], centre[ax] + 1))
         region_t = tuple(region)
         lab = np.squeeze(labels[region_t])
         img = None
@@ -295,11 +420,60 @@ def seam_crops(plan: Plan, source: Any, labels: Any, out_dir: Path, faces: Seque
             img = np.squeeze(img[0] if img.ndim > plan.ndim else img).astype(np.float32)
         if lab.ndim != 2:
             continue
-        seam_axis_2d = 0 if axis < other else 1
+        shown = sorted((axis, other))
+        seam_axis_2d = shown.index(axis)
         lines = [(seam_axis_2d, seam - region_t[axis].start)]
-        name = f"seam-{i + 1}.png"
-        write_png(out_dir / name, render(img, lab, lines, _display_scale(plan, sorted((axis, other)), lab.shape, 384)))
-        made.append({"file": name, "caption": f"seam between blocks {a} and {face['neighbour']} across "
-                                               f"{face['axis']} at {seam} ({face['objects']} objects, "
-                                               f"{face['breaks']} breaks)"})
+        scale = _display_scale(plan, shown, lab.shape, 384)
+        rgb, bar = annotate(render(img, lab, lines, scale), plan, shown, [1 / s for s in scale])
+        name = f"seam-{len(made) + 1}.png"
+        write_png(out_dir / name, rgb)
+        names = plan.axes
+        plane = [f"{names[ax]} = {centre[ax]}" for ax in range(plan.ndim) if ax not in shown]
+        view = " x ".join(f"{names[ax]} {region_t[ax].start}-{region_t[ax].stop - 1}" for ax in shown)
+        crossing = (f"object {before} continues across it" if before == after else
+                    f"object {before} breaks there (id {after} on the other side)")
+        caption = (f"seam between blocks {a} and {b} at {names[axis]} = {seam} (red line)"
+                   + (f", plane {plane[0]}" if plane else "") + f", showing {view}; {crossing}; "
+                   f"this face: {face['objects']} objects, {face['breaks']} breaks; scale bar {bar['label']}")
+        made.append({"file": name, "caption": caption, "axes": [names[ax] for ax in shown], "scale_bar": bar,
+                     "region": [[s.start, s.stop] for s in region_t], "seam": {"axis": names[axis], "at": seam},
+                     "object": before, "object_after": after})
     return made
+
+
+# --------------------------------------------------------------------------- the remedy of a flagged seam QC
+
+
+def seam_remedy(plan: Plan, qc: dict, extents: np.ndarray) -> str | None:
+    """What to change when the seam QC is flagged, with numbers.
+
+    ``extents``: ``(objects, ndim)`` extents of the objects' bounding boxes
+    (the regions table), from which one object diameter per axis is taken
+    (the median)."""
+    if not qc.get("flagged"):
+        return None
+    if plan.rule == "none":
+        return ("--rule none does not join objects across blocks: use --rule match (instance segmenters) or "
+                "--rule exact (threshold-like segmenters)")
+    split = plan.grid.split_axes()
+    if len(extents):
+        diameter = [int(math.ceil(float(np.median(extents[:, a])))) for a in range(plan.ndim)]
+        short = [a for a in split if plan.halo[a] < diameter[a]]
+        if short:
+            wanted = [max(h, d) if a in split else h for a, (h, d) in enumerate(zip(plan.halo, diameter))]
+            return (f"halo {_fmt(plan.halo)} is below one object diameter (~{_fmt(diameter)} px along "
+                    f"{plan.axes}, the median extent of the {len(extents)} objects in the regions table): "
+                    f"try --halo {_fmt(wanted, ',')}")
+    if plan.rule == "exact":
+        return ("the exact rule joins objects only where they share voxels in the overlap, which a segmenter "
+                "whose objects change with the block's context does not guarantee: try --rule match")
+    doubled = [2 * h for h in plan.halo]
+    return (f"objects overlap too little across the seams to be matched at --min-iou {plan.min_iou:g}: try "
+            f"--min-iou {plan.min_iou / 2:g} or a larger halo (--halo {_fmt(doubled, ',')})")
+
+
+def _fmt(values: Sequence[int], sep: str = ", ") -> str:
+    values = [int(v) for v in values]
+    if len(set(values)) == 1:
+        return str(values[0])
+    return sep.join(map(str, values)) if sep == "," else "(" + sep.join(map(str, values)) + ")"

@@ -2,8 +2,13 @@
 
 Columns: ``id``, ``voxels``, bounding box ``<axis>_min`` (inclusive) and
 ``<axis>_max`` (exclusive, like a Python slice), ``centroid_<axis>`` in
-voxels, ``centroid_<axis>_physical`` when voxel sizes are known (unit in the
-summary), ``n_blocks`` and ``blocks`` (the block ids the object spans,
+voxels; when voxel sizes are known, the same in physical coordinates
+(index x voxel size + the image's translation): ``<axis>_min_physical``,
+``<axis>_max_physical``, ``centroid_<axis>_physical``, and
+``volume_physical`` (``area_physical`` in 2-D, in unit^3 / unit^2) and
+``unit``; with intensity statistics ``intensity_mean``, ``intensity_max``,
+``intensity_sum`` (one column each per selected channel ``_c<k>`` when there
+are several); ``n_blocks`` and ``blocks`` (the block ids the object spans,
 ``;``-separated).
 """
 
@@ -12,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,7 +33,8 @@ def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int],
     (``lut_inputs``, ``output_id``): what every file must have been made with —
     the current lut, and the output that is being finished."""
     paths = step_files(sources, plan.stats_dir, "stats-*.npz")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
+    keys = ("block", "id", "count", "lo", "hi", "sum") + (("isum", "imax") if plan.intensity_stats else ())
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     covered: set[int] = set()
     for path in paths:
         data = read_npz(path, "statistics file", list(parts) + ["blocks", "plan_hash"])
@@ -49,9 +55,14 @@ def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int],
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise StagingError(f"finalize needs apply-lut's output for {len(missing)} block(s) that have none: {shown}.")
     nd = plan.ndim
+    channel = plan.image.channel if plan.image is not None else None
+    nc = len(channel) if isinstance(channel, tuple) else 1
     empty = {"block": np.zeros(0, np.int64), "id": np.zeros(0, np.uint64), "count": np.zeros(0, np.int64),
-             "lo": np.zeros((0, nd), np.int64), "hi": np.zeros((0, nd), np.int64), "sum": np.zeros((0, nd), np.int64)}
-    return {k: (np.concatenate(v) if v else empty[k]) for k, v in parts.items()}
+             "lo": np.zeros((0, nd), np.int64), "hi": np.zeros((0, nd), np.int64), "sum": np.zeros((0, nd), np.int64),
+             "isum": np.zeros((0, nc)), "imax": np.zeros((0, nc))}
+    # files without objects hold empty arrays (of a guessed channel count): left out
+    return {k: (np.concatenate([a for a in v if len(a)]) if any(len(a) for a in v) else empty[k])
+            for k, v in parts.items()}
 
 
 def merge_regions(rows: dict[str, np.ndarray], n_objects: int) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def merge_regions(rows: dict[str, np.ndarray], n_objects: int) -> dict[str, Any]
             "statistics and lut come from different runs."
         )
     blocks_sorted = rows["block"][order]
-    return {
+    merged = {
         "id": uniq,
         "voxels": np.add.reduceat(rows["count"][order], starts) if len(ids) else np.zeros(0, np.int64),
         "lo": np.minimum.reduceat(rows["lo"][order], starts, axis=0) if len(ids) else rows["lo"],
@@ -74,9 +85,17 @@ def merge_regions(rows: dict[str, np.ndarray], n_objects: int) -> dict[str, Any]
         "sum": np.add.reduceat(rows["sum"][order], starts, axis=0) if len(ids) else rows["sum"],
         "blocks": np.split(blocks_sorted, starts[1:]) if len(ids) else [],
     }
+    if "isum" in rows:
+        merged["isum"] = np.add.reduceat(rows["isum"][order], starts, axis=0) if len(ids) else rows["isum"]
+        merged["imax"] = np.maximum.reduceat(rows["imax"][order], starts, axis=0) if len(ids) else rows["imax"]
+    return merged
 
 
-def regions_columns(merged: dict[str, Any], axes: str, voxel_size: tuple[float, ...] | None) -> dict[str, np.ndarray]:
+def regions_columns(merged: dict[str, Any], axes: str, voxel_size: tuple[float, ...] | None,
+                    translation: tuple[float, ...] | None = None, unit: str | None = None,
+                    channels: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The table's columns (see the module doc).  ``channels``: the image's
+    channel indices of the intensity columns (several: one column each)."""
     voxels = merged["voxels"]
     centroid = merged["sum"] / np.maximum(voxels, 1)[:, None]
     cols: dict[str, Any] = {"id": merged["id"].astype(np.uint64), "voxels": voxels.astype(np.int64)}
@@ -86,8 +105,22 @@ def regions_columns(merged: dict[str, Any], axes: str, voxel_size: tuple[float, 
     for i, ax in enumerate(axes):
         cols[f"centroid_{ax}"] = centroid[:, i]
     if voxel_size:
+        size = np.asarray(voxel_size, dtype=np.float64)
+        shift = np.asarray(translation if translation else [0.0] * len(axes), dtype=np.float64)
         for i, ax in enumerate(axes):
-            cols[f"centroid_{ax}_physical"] = centroid[:, i] * voxel_size[i]
+            cols[f"{ax}_min_physical"] = merged["lo"][:, i] * size[i] + shift[i]
+            cols[f"{ax}_max_physical"] = merged["hi"][:, i] * size[i] + shift[i]
+        for i, ax in enumerate(axes):
+            cols[f"centroid_{ax}_physical"] = centroid[:, i] * size[i] + shift[i]
+        cols["area_physical" if len(axes) == 2 else "volume_physical"] = voxels * float(np.prod(size))
+        cols["unit"] = np.array([unit or ""] * len(voxels), dtype=object)
+    if "isum" in merged:
+        names = list(channels) if channels and len(channels) > 1 else [None]
+        for c, name in enumerate(names):
+            suffix = "" if name is None else f"_c{name}"
+            cols[f"intensity_mean{suffix}"] = merged["isum"][:, c] / np.maximum(voxels, 1)
+            cols[f"intensity_max{suffix}"] = merged["imax"][:, c]
+            cols[f"intensity_sum{suffix}"] = merged["isum"][:, c]
     cols["n_blocks"] = np.array([len(b) for b in merged["blocks"]], dtype=np.int64)
     cols["blocks"] = np.array([";".join(map(str, b)) for b in merged["blocks"]], dtype=object)
     return cols
@@ -126,9 +159,9 @@ def read_csv_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for j, name in enumerate(names):
         values = [r[j] for r in body]
-        if name == "blocks":
+        if name in ("blocks", "unit"):
             out[name] = np.array(values, dtype=object)
-        elif name.startswith("centroid"):
+        elif name.startswith(("centroid", "intensity")) or name.endswith("_physical"):
             out[name] = np.array(values, dtype=np.float64)
         else:
             out[name] = np.array(values, dtype=np.int64) if name != "id" else np.array(values, dtype=np.uint64)

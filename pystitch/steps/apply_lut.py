@@ -4,7 +4,9 @@ Each block reads its core labels (local ids ``1..n``) from the staging store
 and only ITS slice of the lut (``lut[offset + 1 : offset + n + 1]``, never the
 whole table), maps them with the compiled kernel, writes the output chunk,
 and records per-object statistics (voxel count, bounding box, coordinate
-sums) that ``finalize`` merges into the regions table.  Reading the next
+sums; with the plan's ``intensity_stats`` also the sum and maximum of the
+image's intensity per channel, read from the image for the block's core)
+that ``finalize`` merges into the regions table.  Reading the next
 block and writing the previous one overlap with the work on the current one,
 so a task holds at most three blocks.
 """
@@ -22,7 +24,9 @@ from .._core import apply_lut_array, region_stats
 from ..errors import StagingError
 from ..grid import parse_block_ids
 from ..plan import Plan
+from ..progress import advance
 from ..storage.files import atomic_write_npz, read_json
+from ..storage.images import open_image
 from ..storage.labels import LabelOutput
 from ..storage.lut import Lut
 from ..storage.staging import Staging
@@ -31,12 +35,15 @@ from ..storage.zarrs import WriteBehind, read_ahead
 log = logging.getLogger(__name__)
 
 
-def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids: np.ndarray) -> dict[str, np.ndarray]:
+def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids: np.ndarray,
+                  image: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-object statistics of one block in final ids.
 
     ``local`` holds ids ``0..n``; ``final_ids[k]`` is the final id of local id
     ``k + 1``.  Objects that two local ids share (joined through other blocks)
     are summed.  Coordinates are global (``origin`` is the block's corner).
+    ``image``: the block's intensities (channel-first when several), for the
+    sum and maximum of each object per channel (``isum``, ``imax``).
     """
     counts, lo, hi, sums = region_stats(local, n)
     org = np.asarray(origin, dtype=np.int64)
@@ -45,13 +52,39 @@ def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids:
     order = np.argsort(final_ids, kind="stable")
     ids = final_ids[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    return {
+    out = {
         "id": ids[starts].astype(np.uint64),
         "count": np.add.reduceat(counts[order], starts),
         "lo": np.minimum.reduceat(lo[order], starts, axis=0),
         "hi": np.maximum.reduceat(hi[order], starts, axis=0),
         "sum": np.add.reduceat(sums[order], starts, axis=0),
     }
+    if image is not None:
+        isum, imax = intensity_stats(local, n, image)
+        out["isum"] = np.add.reduceat(isum[order], starts, axis=0)
+        out["imax"] = np.maximum.reduceat(imax[order], starts, axis=0)
+    return out
+
+
+def intensity_stats(local: np.ndarray, n: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum, max)`` of the intensities of local ids ``1..n``, each ``(n, channels)`` float64.
+
+    >>> local = np.array([[0, 1, 1], [2, 2, 0]])
+    >>> s, m = intensity_stats(local, 2, np.array([[5, 1, 3], [4, 6, 9]]))
+    >>> s.ravel().tolist(), m.ravel().tolist()
+    ([4.0, 10.0], [3.0, 6.0])
+    """
+    channels = image.reshape((-1,) + local.shape) if image.ndim > local.ndim else image[None]
+    flat = local.ravel()
+    isum = np.empty((n, len(channels)), np.float64)
+    imax = np.empty((n, len(channels)), np.float64)
+    for c, values in enumerate(channels):
+        v = values.ravel().astype(np.float64, copy=False)
+        isum[:, c] = np.bincount(flat, weights=v, minlength=n + 1)[1:n + 1]
+        top = np.full(n + 1, -np.inf)
+        np.maximum.at(top, flat, v)
+        imax[:, c] = top[1:]
+    return isum, imax
 
 
 def stats_name(ids: list[int]) -> str:
@@ -71,45 +104,51 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
                            f"{table.uri}: run resolve again.")
     output = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash)
     staging = Staging(plan.staging_uri, plan.grid, plan.hash)
-
-    def read(block: int) -> np.ndarray:
-        expected = None if table.voxels is None else {"voxels": int(table.voxels[block])}
-        return staging.read_core(block, expected)
-
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("block", "id", "count", "lo", "hi", "sum")}
+    keys = ["block", "id", "count", "lo", "hi", "sum"] + (["isum", "imax"] if plan.intensity_stats else [])
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     work = [b for b in ids if table.block_range(b)[1] > 0]
+    advance("apply-lut", len(ids) - len(work))  # blocks without objects: nothing to write
+    source = open_image(plan.image) if plan.intensity_stats and plan.image is not None else None
+
+    def read(b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        expected = None if table.voxels is None else {"voxels": int(table.voxels[b])}
+        return staging.read_core(b, expected), (source.read(plan.grid.core(b)) if source is not None else None)
+
     # the next block is read and the previous one written while this one is mapped
-    with WriteBehind() as writer:
-        for b, local in read_ahead(work, read):
-            offset, n = table.block_range(b)
-            top = int(local.max()) if local.size else 0
-            if top > n:
-                raise StagingError(
-                    f"The staging labels of {plan.grid.describe(b)} hold id {top} but its manifest counted "
-                    f"{n} objects: the staging store is corrupt or was written by another run."
-                )
-            block_lut = np.zeros(n + 1, dtype=table.dtype)
-            block_lut[1:] = table.read(offset + 1, offset + n + 1)
-            core = plan.grid.core(b)
-            writer.submit(output.write_block, core, apply_lut_array(local, block_lut))
-            stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:])
-            rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
-            for k, v in stats.items():
-                rows[k].append(v)
+    try:
+        with WriteBehind() as writer:
+            for b, (local, image) in read_ahead(work, read):
+                offset, n = table.block_range(b)
+                top = int(local.max()) if local.size else 0
+                if top > n:
+                    raise StagingError(
+                        f"The staging labels of {plan.grid.describe(b)} hold id {top} but its manifest counted "
+                        f"{n} objects: the staging store is corrupt or was written by another run."
+                    )
+                block_lut = np.zeros(n + 1, dtype=table.dtype)
+                block_lut[1:] = table.read(offset + 1, offset + n + 1)
+                core = plan.grid.core(b)
+                writer.submit(output.write_block, core, apply_lut_array(local, block_lut))
+                stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:], image)
+                rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
+                for k, v in stats.items():
+                    rows[k].append(v)
+                advance("apply-lut")
+    finally:
+        if source is not None:
+            source.close()
     ndim = plan.ndim
-    arrays = {
-        "block": np.concatenate(rows["block"]) if rows["block"] else np.zeros(0, np.int64),
-        "id": np.concatenate(rows["id"]) if rows["id"] else np.zeros(0, np.uint64),
-        "count": np.concatenate(rows["count"]) if rows["count"] else np.zeros(0, np.int64),
-        "lo": np.concatenate(rows["lo"]) if rows["lo"] else np.zeros((0, ndim), np.int64),
-        "hi": np.concatenate(rows["hi"]) if rows["hi"] else np.zeros((0, ndim), np.int64),
-        "sum": np.concatenate(rows["sum"]) if rows["sum"] else np.zeros((0, ndim), np.int64),
-        "blocks": np.asarray(ids, dtype=np.int64),
-        "plan_hash": np.asarray(plan.hash),
-        # what these results belong to: finalize takes them only for this lut and this output
-        "lut_inputs": np.asarray(str(table.attrs.get("inputs"))),
-        "output_id": np.asarray(str(current["output_id"])),
-    }
+    channel = plan.image.channel if plan.image is not None else None
+    channels = len(channel) if isinstance(channel, tuple) else 1
+    empty = {"block": np.zeros(0, np.int64), "id": np.zeros(0, np.uint64), "count": np.zeros(0, np.int64),
+             "lo": np.zeros((0, ndim), np.int64), "hi": np.zeros((0, ndim), np.int64),
+             "sum": np.zeros((0, ndim), np.int64), "isum": np.zeros((0, channels)),
+             "imax": np.zeros((0, channels))}
+    arrays = {k: np.concatenate(v) if v else empty[k] for k, v in rows.items()}
+    arrays.update(blocks=np.asarray(ids, dtype=np.int64), plan_hash=np.asarray(plan.hash),
+                  # what these results belong to: finalize takes them only for this lut and this output
+                  lut_inputs=np.asarray(str(table.attrs.get("inputs"))),
+                  output_id=np.asarray(str(current["output_id"])))
     path = Path(out) if out is not None else plan.stats_dir / stats_name(ids)
     if path.suffix != ".npz":  # a directory (created if needed)
         path = path / stats_name(ids)

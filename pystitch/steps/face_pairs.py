@@ -38,6 +38,7 @@ from ..errors import InputError
 from ..grid import BlockGrid, SlabKey, parse_block_ids
 from ..manifests import block_label_count, digest, piece, read_manifests, require_manifests
 from ..plan import Plan
+from ..progress import advance
 from ..storage.files import atomic_write_npz
 from ..storage.staging import Staging, slab_name
 
@@ -170,6 +171,7 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
     for a in ids:
         n_a = block_label_count(plan, mans, a)
         if n_a == 0:
+            advance("face-pairs")
             continue
         todo = [(b, delta, block_label_count(plan, mans, b))
                 for b, delta in plan.grid.neighbours(a, forward_only=True)]
@@ -184,6 +186,7 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
             out_count.append(count)
             out_iou.append(iou)
         slabs.forget_up_to(a)
+        advance("face-pairs")
     pairs = np.concatenate(out_rows) if out_rows else np.zeros((0, 4), np.uint64)
     path = Path(out) if out is not None else plan.pairs_dir / pairs_name(ids)
     if path.suffix != ".npz":  # a directory (created if needed)

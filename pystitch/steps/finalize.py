@@ -22,10 +22,10 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import OutputExistsError, StagingError
-from ..plan import Plan
-from ..report.qc import pictures as qc_pictures, seam_qc
+from ..plan import LOCATION_FIELDS, Plan
+from ..report.qc import pictures as qc_pictures, seam_qc, seam_remedy
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
-from ..report.summary import trace_timings, write_reports
+from ..report.summary import environment, trace_timings, write_reports
 from ..storage.files import DirectoryLock, atomic_write_json, read_json, remove_path, replace_tree
 from ..storage.images import open_image
 from ..storage.labels import (
@@ -79,7 +79,8 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
                             made_with={"lut_inputs": str(table.attrs.get("inputs")),
                                        "output_id": str(current["output_id"])})
     merged = merge_regions(rows, n_objects)
-    cols = regions_columns(merged, plan.axes, plan.voxel_size)
+    cols = regions_columns(merged, plan.axes, plan.voxel_size, plan.translation, plan.unit,
+                           plan.image.channel if plan.image is not None else None)
     if n_objects == 0:
         log.warning("no objects were found (backend %s): the image may hold no values above the threshold, or "
                     "no finite values; check the backend's settings and --channel", plan.backend.get("name"))
@@ -90,7 +91,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
     write_csv(staged / "regions.csv", cols)
     parquet = write_parquet(staged / "regions.parquet", cols,
                             {"plan_hash": plan.hash, "axes": plan.axes, "unit": plan.unit or "",
-                             "voxel_size": list(plan.voxel_size or [])})
+                             "voxel_size": list(plan.voxel_size or []), "translation": list(plan.translation or [])})
     summary = {
         "pystitch": __version__,
         "plan_hash": plan.hash,
@@ -101,6 +102,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "axes": plan.axes,
         "voxel_size": list(plan.voxel_size) if plan.voxel_size else None,
         "unit": plan.unit,
+        "translation": list(plan.translation) if plan.translation else None,
         "block_shape": list(plan.block_shape),
         "halo": list(plan.halo),
         "backend": plan.backend,
@@ -114,6 +116,8 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "planned_empty_blocks": len(plan.empty_blocks),
         "dtype": table.dtype.name,
         "stats": plan.stats,
+        # every setting (where files go is above: output, report_dir)
+        "plan": {k: v for k, v in plan.to_dict().items() if k not in LOCATION_FIELDS},
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
@@ -121,15 +125,21 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
     if not published:
         remove_partial_files(labels_uri)  # what a killed apply-lut left: never published
     output_levels = LabelOutput.open(labels_uri, plan.label_layout(), plan.hash).levels
-    summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
-    if summary["seam_qc"]["flagged"]:
-        log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s)",
-                    summary["seam_qc"]["seam_break_rate"], summary["seam_qc"]["control_break_rate"])
+    qc = summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
+    qc["remedy"] = seam_remedy(plan, qc, merged["hi"] - merged["lo"])
+    if qc["flagged"]:
+        log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s): %s",
+                    qc["seam_break_rate"], qc["control_break_rate"], qc["remedy"])
+    summary["environment"] = environment()
     made: list[dict] = []
     if pictures:
+        # crops where objects break first, then the busiest faces of each axis
+        faces = [f for f in qc["worst_faces"] if f["breaks"]] + qc["busiest_faces"]
+        faces = [f for i, f in enumerate(faces)
+                 if (f["block"], f["neighbour"]) not in {(g["block"], g["neighbour"]) for g in faces[:i]}]
         source = open_image(plan.image) if plan.image else None
         try:
-            made = qc_pictures(plan, source, output_levels, staged, summary["seam_qc"]["busiest_faces"], grid=grid)
+            made = qc_pictures(plan, source, output_levels, staged, faces, grid=grid)
         finally:
             if source is not None:
                 source.close()

@@ -73,6 +73,7 @@ def plan_blocks(
     ngff_version: str | None = None,
     pyramid_levels: int | None = None,
     memory_gb: float | None = None,
+    intensity_stats: bool = False,
 ) -> Plan:
     """Plan a run: validate everything, scan the image once for the statistics
     the backend needs, create the work directory and the staging store, and
@@ -99,7 +100,8 @@ def plan_blocks(
                      min_iou=min_iou, label_dtype=label_dtype, report_dir=report_dir, overwrite=overwrite,
                      skip_empty=skip_empty, stats_level=stats_level, map_tasks=map_tasks,
                      backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
-                     pyramid_levels=pyramid_levels, memory_gb=memory_gb)
+                     pyramid_levels=pyramid_levels, memory_gb=memory_gb,
+                     intensity_stats=intensity_stats)
 
 
 class AlreadyDone(OutputExistsError):
@@ -116,7 +118,8 @@ class AlreadyDone(OutputExistsError):
 def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
           min_iou: float | None, label_dtype: str, report_dir: Any, overwrite: bool, skip_empty: bool | str,
           stats_level: int | None, map_tasks: TaskMap | None, backend_options: dict | None, output_format: str,
-          ngff_version: str | None, pyramid_levels: int | None, memory_gb: float | None) -> Plan:
+          ngff_version: str | None, pyramid_levels: int | None, memory_gb: float | None,
+          intensity_stats: bool = False) -> Plan:
     source = open_image(spec, cache=False)
     try:
         ndim = source.ndim
@@ -151,6 +154,7 @@ def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any,
             min_iou=DEFAULT_MIN_IOU if min_iou is None else float(min_iou), label_dtype=str(label_dtype),
             work_dir=wd, output=output, report_dir=rd, voxel_size=source.voxel_size, unit=source.unit,
             output_format=output_format, ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
+            translation=source.translation, intensity_stats=bool(intensity_stats),
         )
         request = {"backend": draft.backend, "scan": sorted(scan_needs(be, skip_empty)), "stats_level": stats_level}
         requested = replace(draft, stats={"requested": request})

@@ -23,6 +23,7 @@ from ..errors import InputError, LabelOverflowError, SegmenterError
 from ..grid import parse_block_ids
 from ..manifests import local_manifest_valid, write_manifest
 from ..plan import Plan
+from ..progress import advance
 from ..storage.images import ImageSource, open_image
 from ..storage.staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging, piece_record
 
@@ -181,8 +182,8 @@ class BlockSegmenter:
             labels = backend.segment(data, crop, ctx)
             fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
             fields = store_labels(plan, self.staging, block, labels, manifest_dir, **fields)
-        log.info("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", grid.describe(block),
-                 fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
+        log.debug("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", grid.describe(block),
+                  fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
         return fields
 
 
@@ -203,13 +204,16 @@ def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir:
     mdir = Path(manifest_dir) if manifest_dir is not None else plan.manifest_dir
     mdir.mkdir(parents=True, exist_ok=True)
     if skip_existing:
-        ids = [b for b in ids if not local_manifest_valid(plan, mdir, b)]
+        todo = [b for b in ids if not local_manifest_valid(plan, mdir, b)]
+        advance("segment", len(ids) - len(todo))  # finished earlier
+        ids = todo
     if not ids:
         return []
     seg = segmenter if segmenter is not None else BlockSegmenter(plan, **runtime)
     try:
         for b in ids:
             seg.segment(b, mdir)
+            advance("segment")
     finally:
         if segmenter is None:
             seg.close()

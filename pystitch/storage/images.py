@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 
 from ..errors import InputError, InputNotFoundError
+from .memory import is_memory_uri, open_memory
 from . import planes as _planes
 from . import vendor as _vendor
 
@@ -178,6 +179,8 @@ class ImageSource:
     dtype: np.dtype
     voxel_size: tuple[float, ...] | None = None
     unit: str | None = None
+    #: physical position of voxel 0 (OME-Zarr translation of the chosen level), None when unknown
+    translation: tuple[float, ...] | None = None
     n_channels: int = 1
     levels: list[tuple[int, ...]] = field(default_factory=list)
     _index: tuple = ()
@@ -383,6 +386,9 @@ KINDS = ("a zarr / OME-Zarr store, a TIFF / OME-TIFF file, a glob or folder of T
 def _open_any(spec: ImageSpec) -> ImageSource:
     """Dispatch on what ``spec.uri`` is: URL, glob, folder, file extension."""
     uri = spec.uri
+    if is_memory_uri(uri):  # an array the caller holds in memory (pystitch.run / segment)
+        array = open_memory(uri)
+        return _make_source(spec, array, _default_axes(array.shape, spec), None, None)
     if is_url(uri):
         return _open_zarr(spec)
     path = Path(uri)
@@ -557,6 +563,23 @@ def _scale_of(transforms: list | None, ndim: int, where: str = "the metadata") -
     return scale
 
 
+def _translation_of(transforms: list | None, ndim: int, where: str = "the metadata") -> np.ndarray:
+    """The translation of NGFF coordinate transformations (scale first, then translation)."""
+    shift = np.zeros(ndim)
+    for t in transforms or []:
+        if t.get("type") == "translation" and "translation" in t:
+            try:
+                values = np.asarray(t["translation"], dtype=float)
+            except (TypeError, ValueError):
+                raise InputError(f"Expected numbers in the translation of {where}. "
+                                 f"Got {t['translation']!r} instead.") from None
+            if values.shape != (ndim,) or not np.all(np.isfinite(values)):
+                raise InputError(f"Expected a translation with {ndim} finite values (one per axis) in {where}. "
+                                 f"Got {t['translation']!r} instead.")
+            shift = shift + values
+    return shift
+
+
 def _from_multiscales(spec: ImageSpec, group: zarr.Group, multiscales: list) -> ImageSource:
     ms = multiscales[0]
     datasets = ms.get("datasets", [])
@@ -577,14 +600,20 @@ def _from_multiscales(spec: ImageSpec, group: zarr.Group, multiscales: list) -> 
             f"{array.ndim} dimensions."
         )
     where = f"the OME-Zarr metadata of {spec.uri} (level {level})"
-    scale = _scale_of(datasets[level].get("coordinateTransformations"), array.ndim, where)
-    scale = scale * _scale_of(ms.get("coordinateTransformations"), array.ndim, where)
+    # the level's transformations, then the multiscale's: x -> S_ms (S_k x + T_k) + T_ms
+    level_t = datasets[level].get("coordinateTransformations")
+    ms_t = ms.get("coordinateTransformations")
+    ms_scale = _scale_of(ms_t, array.ndim, where)
+    scale = _scale_of(level_t, array.ndim, where) * ms_scale
+    shift = _translation_of(level_t, array.ndim, where) * ms_scale + _translation_of(ms_t, array.ndim, where)
     spatial = [i for i, a in enumerate(axes) if a in SPATIAL_AXES]
     voxel = tuple(float(scale[i]) for i in spatial)
     unit_set = {units[i] for i in spatial if units[i]}
     unit = unit_set.pop() if len(unit_set) == 1 else None
     src = _make_source(spec, array, axes, voxel, unit)
     src.levels = [tuple(int(a.shape[i]) for i in spatial) for a in arrays]
+    if any(shift[i] != 0 for i in spatial):
+        src.translation = tuple(float(shift[i]) for i in spatial)
     return src
 
 

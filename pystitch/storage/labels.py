@@ -113,6 +113,8 @@ class LabelLayout:
     ngff_version: str = "0.4"
     #: set when the labels go inside the input OME-Zarr image (``<image>/labels/<name>``)
     label_name: str | None = None
+    #: physical position of voxel 0 (the input's translation); the same on every level (strided pyramid)
+    translation: tuple[float, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -129,7 +131,10 @@ def multiscales_meta(layout: LabelLayout, name: str) -> dict:
         "name": name,
         "axes": _axes_meta(layout.axes, _ngff_unit(layout.unit)),
         "datasets": [{"path": str(k), "coordinateTransformations": [
-            {"type": "scale", "scale": [float(v * f) for v, f in zip(voxel, factor)]}]}
+            {"type": "scale", "scale": [float(v * f) for v, f in zip(voxel, factor)]}]
+            # level k holds level 0's voxels 0, f, 2f, ...: voxel 0 is where level 0's is
+            + ([{"type": "translation", "translation": [float(t) for t in layout.translation]}]
+               if layout.translation else [])}
             for k, factor in enumerate(layout.pyramid)],
         "type": "stride",
         "metadata": {"description": "level k = level 0 subsampled with a stride (label-safe: no averaging)",
