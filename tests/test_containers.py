@@ -193,7 +193,7 @@ def test_python_packages_are_pinned(podman_env, cpu_image):
     pins = pinned_versions()
     installed = installed_versions(podman_env, cpu_image)
     assert installed.pop("pystitch") == __version__
-    assert {"numpy", "scipy", "zarr", "tifffile", "imagecodecs", "fire"} <= set(installed)
+    assert {"numpy", "scipy", "zarr", "tifffile", "imagecodecs", "numcodecs", "tqdm", "pillow"} <= set(installed)
     unpinned = {name: v for name, v in installed.items() if pins.get(name) != v}
     assert not unpinned, f"not pinned to requirements/constraints.txt: {unpinned}"
 
@@ -336,7 +336,7 @@ def test_gpu_dependency_set_resolves_to_the_pins(tmp_path):
     # their own (--no-deps): they must be exactly the CUDA wheels torch needs
     cuda_pins = {name for name in pinned_versions() if name.startswith(("nvidia-", "cuda-"))}
     assert cuda_pins == {name for name in resolved if name.startswith(("nvidia-", "cuda-"))}
-    assert {"numpy", "scipy", "zarr", "tifffile", "imagecodecs", "fire", "pyarrow"} <= set(resolved)
+    assert {"numpy", "scipy", "zarr", "tifffile", "imagecodecs", "numcodecs", "tqdm", "pillow", "pyarrow"} <= set(resolved)
     pins = pinned_versions()
     unpinned = {name: v for name, v in resolved.items() if pins.get(name) != v}
     assert not unpinned, f"resolved to versions not in requirements/constraints.txt: {unpinned}"
