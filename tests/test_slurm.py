@@ -111,7 +111,9 @@ def test_resume_on_slurm_submits_nothing(slurm_run, nextflow):
                 "-resume", "-with-trace", launch / "trace-resume.txt"))
     rows = trace_rows(launch / "trace-resume.txt")
     assert len(rows) == 14 and {r["status"] for r in rows} == {"CACHED"}, [(r["name"], r["status"]) for r in rows]
-    assert all_jobs() == before, "a resumed run submitted jobs"
+    # slurmctld forgets finished jobs after MinJobAge: jobs may leave the list, none may join it
+    submitted = all_jobs() - before
+    assert not submitted, f"a resumed run submitted jobs {sorted(submitted)}"
 
 
 def wait_for(predicate, timeout: float, what: str):
