@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from helpers import load, save
 from pystitch._version import __version__

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 import pystitch
 from helpers import load, run_steps, save

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 import pystitch
-from helpers import load, run_steps, save
+from helpers import load, save
 from pystitch.errors import (
     InputError, InputNotFoundError, LabelOverflowError, OutputExistsError, PlanMismatchError, SegmenterError,
     StagingError,

@@ -17,7 +17,6 @@ offline, the run stops before any task with Nextflow's message about the plugin.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest

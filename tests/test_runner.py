@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from scipy import ndimage
 
 import pystitch
