@@ -46,14 +46,13 @@ from .grid import parse_shape
 from .runner import Scheduler, available_memory, sweep_order, usable_cores
 from .storage.files import atomic_write_json, read_json, remove_path, replace_tree
 from .storage.images import ALL_CHANNELS, ImageSource, ImageSpec, absolute_uri, open_image
+from .storage.labels import level_shape, pyramid_factors
 
 log = logging.getLogger(__name__)
 
 #: input bytes one region reads at most (a region is a run of whole chunks;
 #: ``PYSTITCH_CONVERT_TASK_MB`` changes it)
 TASK_BYTES = 128 * 2 ** 20
-#: automatic pyramids stop when the largest side of a level is at most this
-PYRAMID_MIN_SIDE = 256
 #: regions per task of the scheduler (a worker keeps its open input across them)
 REGIONS_PER_TASK = 4
 _UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "microns": "micrometer",
@@ -84,39 +83,6 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """
     want = (32, 128, 128) if len(shape) == 3 else (512, 512)
     return tuple(min(int(n), c) for n, c in zip(shape, want))
-
-
-def pyramid(shape: Sequence[int], voxel: Sequence[float] | None, levels: int | None) -> list[tuple[int, ...]]:
-    """Per-level factors: each level halves the axes whose physical voxel is
-    within 1.5x of the finest (axes of one voxel stay), until the largest side
-    is at most PYRAMID_MIN_SIDE (or ``levels`` levels).
-
-    >>> pyramid((40, 1024, 1024), (2.0, 0.5, 0.5), None)
-    [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
-    """
-    nd = len(shape)
-    size = np.asarray(voxel if voxel else [1.0] * nd, dtype=float)
-    cur = [1] * nd
-    out = [tuple(cur)]
-    while levels is None or len(out) < levels:
-        lshape = [math.ceil(n / f) for n, f in zip(shape, cur)]
-        if levels is None and max(lshape) <= PYRAMID_MIN_SIDE:
-            break
-        movable = [a for a in range(nd) if lshape[a] > 1]
-        if not movable:
-            if levels is not None:
-                raise InputError(f"Expected at most {len(out)} pyramid levels for an image of shape {tuple(shape)}. "
-                                 f"Got {levels} instead.")
-            break
-        phys = size * np.asarray(cur)
-        finest = min(phys[a] for a in movable)
-        cur = [c * 2 if a in movable and phys[a] <= 1.5 * finest else c for a, c in enumerate(cur)]
-        out.append(tuple(cur))
-    return out
-
-
-def _level_shape(shape: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
-    return tuple(math.ceil(n / f) for n, f in zip(shape, factor))
 
 
 def task_bytes() -> int:
@@ -304,7 +270,7 @@ def _convert(image: Any, target: Any, *, array_path: str | None, level: int | No
         source.close()
     spatial_chunks = default_chunks(shape) if chunks in (None, "auto") else \
         tuple(min(c, n) for c, n in zip(parse_shape(chunks, len(shape), "chunks"), shape))
-    factors = pyramid(shape, voxel, pyramid_levels)
+    factors = pyramid_factors(shape, None, voxel, pyramid_levels)
     settings = {"input": spec.to_dict(), "shape": list(shape), "axes": axes, "dtype": dtype.str,
                 "channels": n_channels, "chunks": list(spatial_chunks), "pyramid": [list(f) for f in factors],
                 "ngff_version": version, "voxel_size": list(voxel) if voxel else None, "unit": vunit,
@@ -348,7 +314,7 @@ def _convert(image: Any, target: Any, *, array_path: str | None, level: int | No
         with Scheduler(workers, progress) as scheduler:
             spec_doc = spec.to_dict()
             for k, factor in enumerate(factors):
-                lshape = _level_shape(shape, factor)
+                lshape = level_shape(shape, factor)
                 lchunks = tuple(min(c, n) for c, n in zip(spatial_chunks, lshape))
                 step = tuple(f // p for f, p in zip(factor, factors[k - 1])) if k else (1,) * len(shape)
                 per_voxel = dtype.itemsize * max(1, n_channels)
@@ -393,7 +359,7 @@ def _create(partial: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tupl
     group = zarr.open_group(store=str(partial), mode="w", zarr_format=fmt, attributes=attrs)
     dims = (["c"] if has_c else []) + list(axes)
     for k, factor in enumerate(factors):
-        lshape = _level_shape(shape, factor)
+        lshape = level_shape(shape, factor)
         lchunks = tuple(min(c, n) for c, n in zip(chunks, lshape))
         if fmt == 2:
             from numcodecs import Blosc

@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import zarr
@@ -42,14 +42,22 @@ PYRAMID_MIN_SIDE = 256
 PYRAMID_MIN_CHUNK = 8
 
 
-def pyramid_factors(shape: Sequence[int], block_shape: Sequence[int], voxel_size: Sequence[float] | None,
+def pyramid_factors(shape: Sequence[int], block_shape: Sequence[int] | None, voxel_size: Sequence[float] | None,
                     levels: int | None = None) -> list[tuple[int, ...]]:
-    """Per-level stride factors, level 0 first.
+    """Per-level stride factors, level 0 first: each level halves the axes
+    whose physical voxel is within 1.5x of the finest (axes of one voxel stay).
 
     ``levels`` None: as many as keep halving useful (largest side above
-    PYRAMID_MIN_SIDE) and possible (the stride divides the block shape and
-    leaves chunks of at least PYRAMID_MIN_CHUNK).  An explicit number that
-    cannot be reached is an error.
+    PYRAMID_MIN_SIDE) and possible (with ``block_shape``, the stride divides
+    the block shape and leaves chunks of at least PYRAMID_MIN_CHUNK).  An
+    explicit number that cannot be reached is an error.
+
+    >>> pyramid_factors((40, 1024, 1024), None, (2.0, 0.5, 0.5))
+    [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
+    >>> pyramid_factors((40, 1024, 1024), (8, 64, 64), (2.0, 0.5, 0.5), levels=5)  # the 4th would halve z: 8 // 2 < 8
+    Traceback (most recent call last):
+    ...
+    pystitch.errors.InputError: Expected at most 3 pyramid levels for blocks of (8, 64, 64): each level halves axes and its stride must divide the block shape leaving chunks of >= 8. Got 5 instead.
     """
     nd = len(shape)
     size = np.asarray(voxel_size if voxel_size else [1.0] * nd, dtype=float)
@@ -63,9 +71,12 @@ def pyramid_factors(shape: Sequence[int], block_shape: Sequence[int], voxel_size
         axes = [a for a in range(nd) if level_shape[a] > 1 and phys[a] <= 1.5 * phys[[i for i in range(nd)
                                                                                    if level_shape[i] > 1]].min()]
         nxt = [c * 2 if a in axes else c for a, c in enumerate(cur)]
-        ok = axes and all(block_shape[a] % nxt[a] == 0 and block_shape[a] // nxt[a] >= PYRAMID_MIN_CHUNK
-                          for a in axes)
+        ok = axes and (block_shape is None or all(block_shape[a] % nxt[a] == 0
+                                                  and block_shape[a] // nxt[a] >= PYRAMID_MIN_CHUNK for a in axes))
         if not ok:
+            if levels is not None and block_shape is None:
+                raise InputError(f"Expected at most {len(out)} pyramid levels for an image of shape "
+                                 f"{tuple(shape)}. Got {levels} instead.")
             if levels is not None:
                 raise InputError(
                     f"Expected at most {len(out)} pyramid levels for blocks of {tuple(block_shape)}: each level "
