@@ -253,15 +253,15 @@ PARAMS: tuple[Param, ...] = (
        group="running", nextflow=False),
     # ---- report
     _p("pictures", "bool", "write the QC pictures into the report", default=True, commands=("run", "finalize"),
-       group="report", nextflow=False, aliases=("nopictures",)),
+       group="report", aliases=("nopictures",)),
     _p("grid", "bool", "draw the block grid on the QC projections", default=False, commands=("run", "finalize"),
-       group="report", nextflow=False),
+       group="report"),
     _p("qc_faces", "int", "block faces sampled by the seam QC, or all", default=256, choices=("all",),
-       commands=("finalize",), group="report", minimum=0, nextflow=False),
+       commands=("finalize",), group="report", minimum=0),
     # ---- what the regions table measures
     _p("intensity_stats", "bool", "measure the image's intensity per object (mean, max and sum per channel) for the "
        "regions table; apply-lut then reads the image of its blocks", default=False, commands=PLAN_AND_RUN,
-       group="output", nextflow=False),
+       group="output"),
     # ---- the steps' own inputs and outputs
     _p("plan", "str", "path of plan.json (or of the work directory holding it)", group="step",
        commands=("segment-block", "face-pairs", "resolve", "apply-lut", "finalize", "batches"), positional=True,
@@ -490,6 +490,7 @@ _SCHEMA_GROUPS = {
     "callable backend": ("Callable backend", "Options of --backend callable."),
     "cellpose backend": ("Cellpose backend", "Options of --backend cellpose."),
     "running": ("Running", "How the work is split into tasks."),
+    "report": ("Report", "The seam QC and its pictures."),
     "containers": ("Containers", "Images of the container profiles."),
     "example": ("Example", "The built-in test image."),
 }
@@ -531,6 +532,11 @@ def nextflow_schema() -> dict[str, Any]:
             prop["enum"] = list(p.choices)
         if p.kind == "shape":
             prop["pattern"] = _SHAPE if not p.choices else rf"^(\d+(\s*,\s*\d+){{0,2}}|{'|'.join(p.choices)})$"
+        if p.kind in ("int", "float") and p.choices:  # a number or a word: a string of either
+            number = r"\d+" if p.kind == "int" else r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
+            prop["pattern"] = rf"^({number}|{'|'.join(p.choices)})$"
+            if "default" in prop:
+                prop["default"] = str(prop["default"])
         if p.kind in ("int", "float") and not p.choices:
             if p.minimum is not None:
                 prop["minimum"] = p.minimum if p.kind == "float" else int(p.minimum)

@@ -298,7 +298,9 @@ def test_every_profile_parses_and_no_plugin_is_declared(nextflow, tmp_path):
 def test_samplesheet_images_are_resolved_independently(nextflow, tmp_path):
     """Three images in one run: each output equals the single-image local run of
     that image. The third (a plain zarr array) has no foreground at all: every
-    block is planned empty, and it still gets its (empty) output."""
+    block is planned empty, and it still gets its (empty) output. The report's
+    parameters reach their steps: intensity statistics (apply-lut reads the
+    image) equal the local runner's, and no pictures are drawn."""
     images = tmp_path / "images"
     a = write_example(images / "a.zarr", (24, 96, 96), seed=1)
     b = write_example(images / "b.zarr", (20, 70, 50), seed=2)
@@ -306,14 +308,21 @@ def test_samplesheet_images_are_resolved_independently(nextflow, tmp_path):
     sheet = tmp_path / "samples.csv"
     sheet.write_text(f"sample,image,level\nalpha,{a},0\nbeta,{b},\nblank,{blank},\n")
     launch, outdir = tmp_path / "launch", tmp_path / "results"
-    ok(nextflow(launch, "-profile", "test", "--input", sheet, "--outdir", outdir, "-with-trace", launch / "trace.txt"))
+    ok(nextflow(launch, "-profile", "test", "--input", sheet, "--outdir", outdir, "-with-trace", launch / "trace.txt",
+                "--intensity_stats", "true", "--pictures", "false", "--qc_faces", "2"))
 
     rows = trace_rows(launch / "trace.txt")
     for name in ("alpha", "beta", "blank"):
         assert sum(step(r) == "RESOLVE" and f"({name})" in r["name"] for r in rows) == 1
     for name, image in (("alpha", a), ("beta", b)):
-        reference_run(image, tmp_path / f"{name}.zarr", *(["--level", "0"] if name == "alpha" else []))
+        reference_run(image, tmp_path / f"{name}.zarr", "--intensity-stats",
+                      *(["--level", "0"] if name == "alpha" else []))
         labels = assert_same_labels(outdir / name / "labels.zarr", tmp_path / f"{name}.zarr")
+        table = (outdir / name / "labels_report" / "regions.csv").read_text()
+        assert "intensity_mean" in table.splitlines()[0]
+        assert table == (tmp_path / f"{name}_report" / "regions.csv").read_text()
+        assert not list((outdir / name / "labels_report").glob("*.png"))
+        assert summary_of(outdir, name)["seam_qc"]["faces_checked"] == 2
         assert labels.max() > 0
         assert_sequential(labels)
         assert_partition_equivalent(labels, ndimage.label(example_image_data(str(image)) > 500)[0])

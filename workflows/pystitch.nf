@@ -120,7 +120,7 @@ workflow PYSTITCH {
     APPLY_LUT(
         ch_batches
             .combine(RESOLVE.out.lut, by: 0)
-            .map { meta, plan, _image, spec, estimates, lut -> [ meta, plan, lut, spec, estimates['apply-lut'] ] }
+            .map { meta, plan, image, spec, estimates, lut -> [ meta, plan, image, lut, spec, estimates['apply-lut'] ] }
     )
 
     //
@@ -128,6 +128,7 @@ workflow PYSTITCH {
     //
     FINALIZE(
         ch_plan
+            .join(ch_images)
             .join(RESOLVE.out.lut)
             .join(gatherPerImage(APPLY_LUT.out.stats, ch_counts))
     )

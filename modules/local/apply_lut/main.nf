@@ -1,6 +1,8 @@
 // apply-lut: write the final ids of one batch of blocks into the output chunks
 // (in the plan's staging folder) and their region statistics
-// (stats-<first>-<last>.npz).
+// (stats-<first>-<last>.npz). The image is staged only so that container
+// engines mount it: with --intensity_stats apply-lut reads it through the
+// absolute path recorded in plan.json.
 process APPLY_LUT {
     tag "${meta.id}:${blocks}"
     // what `python -m pystitch.resources` estimated from the plan for one task of this step
@@ -10,7 +12,7 @@ process APPLY_LUT {
     container "${params.container_cpu}"
 
     input:
-    tuple val(meta), path(plan), path(lut), val(blocks), val(estimate)
+    tuple val(meta), path(plan), path(image, stageAs: 'image/*'), path(lut), val(blocks), val(estimate)
 
     output:
     tuple val(meta), path("stats-*.npz")                                            , emit: stats

@@ -1,15 +1,16 @@
 // finalize: regions table, seam QC, pictures and summary, then the finished
-// label image moves from the plan's staging folder into this task's directory
-// (a rename on one filesystem), next to its report: <sample>/labels.zarr and
-// <sample>/labels_report. publishDir (conf/modules.config) publishes both to
-// <outdir>/<sample>/.
+// label image is hard-linked from the plan's staging folder into this task's
+// directory (the staged copy stays, so that a retried or resumed FINALIZE finds
+// it), next to its report: <sample>/labels.zarr and <sample>/labels_report. publishDir (conf/modules.config) publishes both to
+// <outdir>/<sample>/. The image is staged only so that container engines mount
+// it: the QC pictures read it through the absolute path recorded in plan.json.
 process FINALIZE {
     tag "${meta.id}"
     label 'process_medium'
     container "${params.container_cpu}"
 
     input:
-    tuple val(meta), path(plan), path(lut), path(stats, stageAs: 'stats/*')
+    tuple val(meta), path(plan), path(image, stageAs: 'image/*'), path(lut), path(stats, stageAs: 'stats/*')
 
     output:
     tuple val(meta), path("${meta.id}/labels.zarr"), path("${meta.id}/labels_report"), emit: results
