@@ -8,6 +8,7 @@ when cellpose cannot be imported; the others run everywhere.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import pathlib
@@ -284,6 +285,42 @@ def test_block_shape_errors(segmenter_2d) -> None:
         segmenter_2d(np.zeros((2, 3, 32, 32), np.float32))
     with pytest.raises(InputError, match="do_3D=True or stitch_threshold"):
         segmenter_2d(np.zeros((4, 32, 32), np.float32))
+
+
+# ---------------------------------------------------------------- reproducible test models and inference
+
+
+def test_inference_is_deterministic(make_segmenter, segmenter_2d) -> None:
+    image, _ = tiny.synthetic_blobs((160, 160), seed=7010)
+    first = segmenter_2d(image)
+    assert first.max() > 10
+    np.testing.assert_array_equal(segmenter_2d(image), first)
+    np.testing.assert_array_equal(make_segmenter()(image), first)   # a second model from the same file
+
+
+def _x86_64_with_avx2() -> bool:
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return " avx2 " in " " + pathlib.Path("/proc/cpuinfo").read_text().replace("\t", " ").replace("\n", " ") + " "
+    except OSError:
+        return False
+
+
+def test_tiny_model_is_the_reference_build(tiny_model) -> None:
+    """Training is pinned (seeds, one thread, deterministic algorithms, fixed
+    CPU code paths: tests/support/tiny_cellpose.py), so every x86-64 machine
+    with AVX2 builds the model the F1 bounds of the tests were measured on."""
+    if not _x86_64_with_avx2():
+        pytest.skip("bit-identical builds are promised on x86-64 CPUs with AVX2 only")
+    major = int(cp.cellpose_version().split(".")[0])
+    meta = json.loads(pathlib.Path(f"{tiny_model}.json").read_text())
+    assert meta["sha256"] == tiny.sha256(tiny_model)
+    assert meta["sha256"] == tiny.REFERENCE_SHA256[major], (
+        f"this machine trained another tiny model than the reference build (versions {meta['versions']}): the "
+        "bounds of the Cellpose tests were measured on the reference (see tiny_cellpose.REFERENCE_SHA256)")
 
 
 # ---------------------------------------------------------------- description and helpers
