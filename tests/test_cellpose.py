@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import math
 import pathlib
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 import tifffile
 
 import pystitch
-from helpers import load, save
+from helpers import assert_partition_equivalent, load, save
 from pystitch.errors import DeviceError, InputError, InputNotFoundError
 
 pytestmark = pytest.mark.cellpose
@@ -222,18 +224,19 @@ def test_block_shape_auto(model, tmp_path):
 
 def test_errors(model, tmp_path):
     img = save(tmp_path / "img.zarr", np.zeros((64, 64), np.uint16))
-    with pytest.raises(InputNotFoundError, match="Cellpose model file not found: .*nope.pth"):
+    with pytest.raises(InputNotFoundError, match=r"^Expected --pretrained-model to be a Cellpose model file\. "
+                                                 r"Got no such file: .*nope.pth instead\.$"):
         pystitch.plan_blocks(img, tmp_path / "o.zarr", block_shape=32, backend="cellpose",
                              backend_options={"pretrained_model": str(tmp_path / "nope.pth")})
-    with pytest.raises(InputError, match=r"Expected --diameter > 0 \(pixels\). Got -3.0"):
+    with pytest.raises(InputError, match=r"^Expected --diameter to be a number > 0 .* Got -3 instead\.$"):
         pystitch.plan_blocks(img, tmp_path / "o.zarr", block_shape=32, backend="cellpose",
                              backend_options={"pretrained_model": str(model), "diameter": -3})
     not_a_model = tmp_path / "notes.pth"
     not_a_model.write_text("hello")
-    plan = pystitch.plan_blocks(img, tmp_path / "o.zarr", block_shape=32, halo=4, backend="cellpose",
-                                skip_empty=False, backend_options={"pretrained_model": str(not_a_model)})
-    with pytest.raises(InputError, match="notes.pth"):
-        pystitch.segment_blocks(plan, [0], device="cpu")
+    # seen at plan time now: the file is read without torch, before any block
+    with pytest.raises(InputError, match=r"^Expected --pretrained-model to be a Cellpose model file .*notes.pth"):
+        pystitch.plan_blocks(img, tmp_path / "o.zarr", block_shape=32, halo=4, backend="cellpose",
+                             skip_empty=False, backend_options={"pretrained_model": str(not_a_model)})
     ok = pystitch.plan_blocks(img, tmp_path / "p.zarr", block_shape=32, halo=4, backend="cellpose", skip_empty=False,
                               backend_options={"pretrained_model": str(model)})
     import torch
@@ -242,3 +245,106 @@ def test_errors(model, tmp_path):
             pystitch.segment_blocks(ok, [0], device="cuda")
         assert pystitch.segment_blocks(ok, [0], device="cuda", allow_cpu_fallback=True) == [0]
     assert not (tmp_path / "o.zarr").exists()
+
+
+# ---------------------------------------------------------------- Cellpose's defaults
+
+
+def test_diameter_omitted_means_the_models_own_as_in_cellpose(model, tmp_path, caplog):
+    """Without --diameter pystitch segments as plain Cellpose does with its
+    defaults (CellposeModel.eval: diameter=None, percentiles 1 and 99): here an
+    image of one block gives Cellpose's labels exactly, and the plan, the log
+    and the summary say which diameter that is."""
+    from cellpose import models
+
+    img, _ = tiny.synthetic_blobs((160, 160), seed=8, fill=0.4, touching=0.5)
+    img = (img * 1000).astype(np.uint16)
+    path = save(tmp_path / "img.zarr", img)
+    own = float(torch_load(model)["diam_labels"][0])
+    with caplog.at_level(logging.INFO, logger="pystitch"):
+        s = pystitch.run(path, tmp_path / "out.zarr", backend="cellpose", pretrained_model=str(model),
+                         block_shape=160, progress=False, pictures=False, device="cpu")
+    assert s["backend"]["diameter"] is None
+    assert s["backend"]["model_diameter"] == pytest.approx(own)
+    assert s["backend"]["diameter_source"].startswith("the model's own: diam_labels of ")
+    assert s["halo"] == [math.ceil(own)] * 2
+    assert f"no --diameter: segmenting at the model's own scale, as cellpose does: {own:.4g} px" in caplog.text
+    plain = models.CellposeModel(gpu=False, pretrained_model=str(model)).eval(img, channels=[0, 0])[0]
+    assert plain.max() > 10
+    assert_partition_equivalent(load(tmp_path / "out.zarr"), plain)
+
+
+def test_diameter_auto_is_cellposes_size_estimation(model, tmp_path, caplog):
+    """--diameter auto (or 0) runs Cellpose 3's size model once, at plan time:
+    the diameter it finds is Cellpose's own estimate, drives the halo and is
+    recorded; images of larger objects get a larger diameter."""
+    from cellpose import models
+
+    size_model = tiny.tiny_size_model_path()
+    found = {}
+    for scale, (lo, hi) in (("small", (14.0, 22.0)), ("large", (26.0, 40.0))):
+        img, _ = tiny.synthetic_blobs((320, 320), seed=9, diameter_range=(lo, hi))
+        img = (img * 1000).astype(np.uint16)
+        path = save(tmp_path / f"{scale}.zarr", img)
+        with caplog.at_level(logging.INFO, logger="pystitch"):
+            plan = pystitch.plan_blocks(path, tmp_path / f"{scale}-out.zarr", block_shape=160, backend="cellpose",
+                                        backend_options={"pretrained_model": str(model), "diameter": "auto"})
+        d = plan.backend["diameter"]
+        assert lo <= d <= hi, (scale, d)
+        assert plan.backend["diameter_source"] == \
+            "estimated by cellpose's size model on the central 320x320 region at 0,0"
+        assert plan.halo == (math.ceil(d),) * 2
+        assert f"--diameter auto: diameter {d:.4g} px" in caplog.text
+        # Cellpose's own estimate: its SizeModel on the same image, normalised by its defaults
+        cp_model = models.CellposeModel(gpu=False, pretrained_model=str(model))
+        ref, _ = models.SizeModel(cp_model=cp_model, pretrained_size=str(size_model)).eval(img, channels=[0, 0])
+        assert d == pytest.approx(float(ref), rel=1e-6)
+        found[scale] = d
+    assert found["large"] > 1.5 * found["small"]
+    plan0 = pystitch.plan_blocks(tmp_path / "small.zarr", tmp_path / "zero.zarr", block_shape=160, backend="cellpose",
+                                 backend_options={"pretrained_model": str(model), "diameter": 0})
+    assert plan0.backend["diameter"] == found["small"]
+
+
+def test_diameter_defaults_that_cannot_be_met_are_one_line_errors(model, tmp_path, monkeypatch):
+    img = save(tmp_path / "img.zarr", np.zeros((64, 64), np.uint16))
+    vol = save(tmp_path / "vol.zarr", np.zeros((8, 64, 64), np.uint16))
+    bare = tmp_path / "bare.pth"                      # the tiny model without its size model
+    bare.write_bytes(model.read_bytes())
+    cases = [
+        (img, {"pretrained_model": str(bare), "diameter": "auto"},
+         r"^Expected a size model bare.pth_size.npy next to .*bare.pth for --diameter auto .* Got no such file"),
+        (vol, {"pretrained_model": str(model), "diameter": "auto"},
+         r"^Expected a 2-D image for --diameter auto .* Got a 3-D image instead"),
+        (img, {"model": "tissuenet_cp3", "diameter": 0},
+         r"^Expected a model with a size model \(cyto, cyto2, cyto3, nuclei\) for --diameter auto\. "
+         r"Got 'tissuenet_cp3'"),
+        (img, {"model": "cyto3"},
+         r"^Expected --diameter in pixels or --halo: .* the model's own diameter is the diam_labels of built-in "
+         r"model 'cyto3', whose weights are not in .*empty-models yet .*\. Got neither instead\.$"),
+    ]
+    if "tissuenet_cp3" not in cellpose_names():
+        cases.pop(2)
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "empty-models"))
+    for image, options, message in cases:
+        with pytest.raises(InputError, match=message) as info:
+            pystitch.plan_blocks(image, tmp_path / "o.zarr", block_shape=32, backend="cellpose",
+                                 backend_options=options)
+        assert "\n" not in str(info.value)
+    # with a halo, the built-in model's own diameter is left to cellpose at task time
+    plan = pystitch.plan_blocks(img, tmp_path / "p.zarr", block_shape=32, halo=8, backend="cellpose",
+                                backend_options={"model": "cyto3"})
+    assert plan.backend["diameter"] is None and plan.backend["model_diameter"] is None
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def cellpose_names() -> set[str]:
+    from cellpose import models
+
+    return set(models.MODEL_NAMES)
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
