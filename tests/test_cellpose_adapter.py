@@ -164,6 +164,34 @@ def test_global_lowhigh_normalises_every_block_alike(make_segmenter) -> None:
     assert per_block(empty_block).max() > 0
 
 
+@pytest.mark.parametrize("form", ["2-D", "channel-first", "single plane", "3-D planes"])
+def test_cellpose_never_changes_the_callers_block(make_segmenter, form) -> None:
+    """Cellpose 4 normalises a float32 input in place: the adapter hands it a
+    copy, so the caller's block (a view of a cached chunk, say) keeps its values
+    and a second block over the same data segments alike."""
+    if form == "3-D planes":
+        image, _ = tiny.synthetic_blobs((3, 64, 64), seed=7011)
+    else:
+        image, _ = tiny.synthetic_blobs((96, 96), seed=7011)
+    lo, hi = (float(v) for v in np.percentile(image, [1.0, 99.0]))
+    options: dict = {"lowhigh": [(lo, hi)]}    # global bounds: normalising twice is not a no-op
+    block = image
+    if form == "channel-first":
+        options.update(channel_axis=0, channels=(1, 0))
+        block = image[None]
+    elif form == "single plane":
+        options.update(stitch_threshold=0.3)
+        block = image[None]
+    elif form == "3-D planes":
+        options.update(stitch_threshold=0.3)
+    segmenter = make_segmenter(**options)
+    original = block.copy()
+    first = segmenter(block)
+    assert first.max() > 0
+    np.testing.assert_array_equal(block, original)
+    np.testing.assert_array_equal(segmenter(block), first)
+
+
 def test_cellpose_module_defaults_do_not_leak_into_normalisation(segmenter_2d, monkeypatch) -> None:
     # cellpose mutates its module-level defaults when given normalize=<bool>;
     # the adapter passes every key, so such leftovers change nothing

@@ -886,7 +886,13 @@ class CellposeSegmenter:
 
     def _cellpose_input(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """The channels cellpose gets and the keyword arguments that go with them."""
-        x, bounds = self._select_channels(x)
+        selected, bounds = self._select_channels(x)
+        if np.may_share_memory(selected, x):
+            # cellpose 4 normalises a float32 input in place: it gets its own
+            # copy, never the caller's block (often a view of a cached chunk).
+            # As float32, so that cellpose need not copy it once more.
+            selected = np.array(selected, dtype=np.float32, order="C", copy=True)
+        x = selected
         if bounds is not None and self.major == 3 and x.shape[-1] == 1:
             # cellpose 3 appends a zero channel; (0, 1) keeps it zero
             bounds = np.vstack([bounds, [0.0, 1.0]])
