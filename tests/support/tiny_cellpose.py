@@ -3,40 +3,51 @@
 Cellpose ships no weights in its wheels and downloads its built-in models at
 run time, which the tests must never do.  This module trains a real model from
 random initialisation on synthetic images of blurred, noisy disks (some of them
-touching), deterministically, and caches the result so that it is trained once
-per machine:
+touching) and caches the result so that it is trained once per machine:
 
 * cellpose 3.x: the standard CPnet (the network size is fixed by
-  ``CellposeModel``, so the file loads with the stock loader).
+  ``CellposeModel``, so the file loads with the stock loader), and on demand
+  its size model (``<model>_size.npy``, cellpose's ``train.train_size``).
 * cellpose 4.x: CPSAM with its ViT-L image encoder replaced by a tiny ViT.
   CPSAM builds its encoder from ``segment_anything.sam_model_registry["vit_l"]``
   both when training and when loading a file, so the same substitution must be
   active while a model is constructed from such a file: wrap the construction
   in :func:`model_loading_context`.
 
+Training is deterministic, so that tests comparing Cellpose results rest on
+the same model on every machine: it runs in a fresh process with fixed seeds
+(torch, numpy, random; cellpose seeds numpy per epoch itself),
+``torch.use_deterministic_algorithms(True)``, one thread, oneDNN off and MKL
+and torch's kernels held to one code path (:data:`TRAINING_ENV`), and the file
+is written so that the same tensors give the same bytes.  Three builds from
+empty caches give the same SHA-256 (:data:`REFERENCE_SHA256`; checked by
+tests/test_cellpose_adapter.py on x86-64 CPUs with AVX2).  Without oneDNN,
+training costs about 3.5x the CPU time (cellpose 3: ~55 s -> ~210 s; cellpose
+4: ~320 s; size model: see :data:`SIZE_EPOCHS`).
+
 The cache directory is ``$PYSTITCH_TEST_CACHE`` or
 ``~/.cache/pystitch/test-models``; a model file is keyed by a hash of the
 training parameters, the cellpose major version and :data:`FORMAT_REVISION`,
 and written atomically (temporary file, then rename), so an interrupted
-training never leaves a partial model behind.
+training never leaves a partial model behind.  A JSON file next to it records
+the parameters, the training environment, the time taken and the SHA-256.
 
 Usage::
 
     path = tiny_model_path()                 # trains on first use
-    python tests/support/tiny_cellpose.py [--cache-dir D] [--threads 1] [--force]
+    python tests/support/tiny_cellpose.py [--cache-dir D] [--seed N] [--size-model] [--force]
 
-Cost and quality of the defaults, measured with one torch thread (on a busy
-2-core machine two OpenMP threads wait on each other and cost 3-5x more CPU);
-AP = tp / (tp + fp + fn) on four new 256x256 synthetic images:
+Quality of the defaults, AP = tp / (tp + fp + fn) on four new 256x256
+synthetic images (measured before training was made deterministic; the
+tests' bounds are measured on the deterministic build):
 
 * cellpose 3.1: 16 images of 192x192, 40 epochs, 48x48 crops, batch 8
-  (80 steps): ~50 s of CPU, AP@0.5 = 1.0, AP@0.9 = 0.97; 13 MB file (fp16).
+  (80 steps): AP@0.5 = 1.0, AP@0.9 = 0.97; 13 MB file (fp16).
   25 epochs reached AP@0.5 = 1.0 but AP@0.9 = 0.01 (boundaries a pixel off).
 * cellpose 4.2: the same images, six of them 48 px tall strips (without them
   CPSAM never sees zero padding in training and ``do_3D`` falls apart into
   fragments on thin Z-planes), 2-layer 64-wide ViT, 256x256 crops, learning
-  rate 3e-3: see :data:`PER_MAJOR_DEFAULTS` for the epochs; ~1.6 s of CPU
-  per epoch; 2 MB file.
+  rate 3e-3: see :data:`PER_MAJOR_DEFAULTS` for the epochs; 2 MB file.
 """
 
 from __future__ import annotations
@@ -62,7 +73,17 @@ logger = logging.getLogger("pystitch.tests.tiny_cellpose")
 
 #: bump when the synthetic data or the training code changes: old files are
 #: then no longer found under the new key
-FORMAT_REVISION = 1
+FORMAT_REVISION = 2
+
+#: SHA-256 of the default model file per cellpose major version, built with the
+#: pinned versions of requirements/constraints*.txt (cellpose 3.1.1.3 / 4.2.1.1,
+#: torch 2.14.1, numpy 2.0.2): the build the tests' bounds were measured on.
+#: A change of the training code, the synthetic data or a pin changes it: then
+#: train again, measure the bounds again and update it.
+REFERENCE_SHA256 = {
+    3: "70bbafb4fe7d062c4ad1297b42e18841ed2d0226f2da0460bd0035c7e7b1bad8",
+    4: "33b874172fc6a3dde3c38fc277a90c8674c15f4919ecca6ab81b2b442b92a81e",
+}
 
 CACHE_ENV = "PYSTITCH_TEST_CACHE"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "pystitch" / "test-models"
@@ -353,6 +374,40 @@ def model_loading_context(params: TrainingParams | None = None) -> Iterator[None
 
 # ---------------------------------------------------------------- training
 
+#: the environment of the training process.  One thread, and every library
+#: that picks its CPU code at run time held to one choice, so that the model is
+#: the same bytes on every x86-64 machine with AVX2.  Measured on an AVX-512
+#: machine by moving each library to other code paths in turn: oneDNN's, MKL's
+#: and (below AVX2) OpenCV's choices changed the model; torch's own kernels at
+#: AVX2 instead of AVX-512, OpenCV's and NumPy's at AVX2 instead of AVX-512
+#: did not.  oneDNN, whose kernels also depend on the cache sizes, is switched
+#: off in the process itself (see _pin).
+TRAINING_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_CBWR": "COMPATIBLE,STRICT",  # MKL's one code path for every x86 CPU, any alignment
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own kernels: the AVX2 ones, even on AVX-512 machines
+    "OPENCV_CPU_DISABLE": "AVX512-SKX",  # OpenCV (cellpose's augmentation): at most AVX2
+    "NPY_DISABLE_CPU_FEATURES": "AVX512F,AVX512CD,AVX512_KNL,AVX512_KNM,AVX512_SKX,AVX512_CLX,AVX512_CNL,AVX512_ICL",
+    "CUDA_VISIBLE_DEVICES": "",  # always on the CPU
+    "PYTHONHASHSEED": "0",
+}
+
+
+def _pin(seed: int) -> None:
+    """Seeds and deterministic algorithms for the training process (see :data:`TRAINING_ENV`)."""
+    import random
+
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
 
 def _normalize_options() -> dict[str, Any]:
     # a full dict: a bare bool makes cellpose mutate its module-level defaults
@@ -366,8 +421,7 @@ def _train_state_dict(params: TrainingParams, workdir: pathlib.Path) -> dict:
 
     major = cellpose_major()
     params = params.resolved(major)
-    torch.manual_seed(params.seed)
-    np.random.seed(params.seed)
+    _pin(params.seed)
     images, labels = training_set(params)
     common = dict(
         train_data=images,
@@ -383,7 +437,7 @@ def _train_state_dict(params: TrainingParams, workdir: pathlib.Path) -> dict:
     )
     if major < 4:
         model = models.CellposeModel(
-            gpu=False, pretrained_model=False, model_type=None, nchan=2, diam_mean=params.diameter
+            gpu=False, pretrained_model=False, model_type=None, nchan=2, diam_mean=params.diameter, mkldnn=False
         )
         path = train.train_seg(model.net, channels=[0, 0], bsize=params.bsize, rescale=True, **common)[0]
     else:
@@ -400,22 +454,99 @@ def _train_state_dict(params: TrainingParams, workdir: pathlib.Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _write_atomically(state: dict, target: pathlib.Path, half: bool) -> None:
+def _serialise(state: dict, half: bool) -> bytes:
+    """The model file's bytes: the same bytes for the same tensors (torch names
+    the archive after the file it writes to, so it is written to memory)."""
+    import io
+
     import torch
 
     if half:
         state = {
             k: (v.half() if v.is_floating_point() and v.numel() > 1 else v) for k, v in state.items()
         }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+#: size model (cellpose 3 only): crop side and passes over the training images
+SIZE_BSIZE = 224
+SIZE_EPOCHS = 5
+
+
+def _train_size_model(params: TrainingParams, model: pathlib.Path, workdir: pathlib.Path) -> bytes:
+    """Cellpose 3's size model for the tiny model: the bytes of ``<model>_size.npy``."""
+    import shutil
+
+    from cellpose import models, train
+
+    params = params.resolved(3)
+    _pin(params.seed)
+    copy = workdir / "tiny"
+    shutil.copyfile(model, copy)
+    cp = models.CellposeModel(gpu=False, pretrained_model=str(copy), mkldnn=False)
+    images, labels = training_set(params)
+    train.train_size(cp.net, str(copy), train_data=images, train_labels=labels, channels=[0, 0],
+                     normalize=_normalize_options(), min_train_masks=1, bsize=SIZE_BSIZE, n_epochs=SIZE_EPOCHS)
+    return pathlib.Path(f"{copy}_size.npy").read_bytes()
+
+
+def _train_child(what: str, params: TrainingParams, out: pathlib.Path, model: pathlib.Path | None) -> None:
+    """In the training process: write the model (or size model) bytes to ``out``."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".work-") as work:
+        if what == "model":
+            data = _serialise(_train_state_dict(params, pathlib.Path(work)), params.half_precision)
+        else:
+            assert model is not None
+            data = _train_size_model(params, model, pathlib.Path(work))
+    out.write_bytes(data)
+
+
+def _train_in_subprocess(what: str, params: TrainingParams, out: pathlib.Path,
+                         model: pathlib.Path | None = None) -> None:
+    """Train in a fresh process with :data:`TRAINING_ENV` (libraries read it when they start)."""
+    import subprocess
+
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--train-child", what,
+               "--params", json.dumps(dataclasses.asdict(params)), "--out", str(out)]
+    if model is not None:
+        command += ["--model", str(model)]
+    env = {**os.environ, **TRAINING_ENV}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not out.is_file():
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+        raise RuntimeError(f"Expected the tiny cellpose {what} to be trained. Got exit code {result.returncode} "
+                           f"instead:\n{tail}")
+
+
+def _write_atomically(data: bytes, target: pathlib.Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial", dir=target.parent)
-    os.close(fd)
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("cellpose", "torch", "numpy", "scipy", "opencv-python-headless", "segment-anything"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -451,6 +582,32 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Pat
     return pathlib.Path(cache_dir).expanduser()
 
 
+def _build(what: str, params: TrainingParams, target: pathlib.Path, force: bool,
+           model: pathlib.Path | None = None) -> pathlib.Path:
+    """``target``, trained into the cache (once, under a lock) unless it is there."""
+    if target.is_file() and not force:
+        return target
+    directory = target.parent
+    with _exclusive(directory / (target.name + ".lock")):
+        if target.is_file() and not force:  # trained by another process meanwhile
+            return target
+        _remove_leftovers(directory, target.name)
+        logger.info("training tiny cellpose %s %s with %s", what, target.name, params)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=directory, prefix=f".train-{target.name}-") as work:
+            out = pathlib.Path(work) / "out"
+            _train_in_subprocess(what, params, out, model)
+            _write_atomically(out.read_bytes(), target)
+        seconds = time.perf_counter() - start
+        digest = sha256(target)
+        meta = {"params": dataclasses.asdict(params), "cellpose_major": cellpose_major(),
+                "format": FORMAT_REVISION, "sha256": digest, "train_seconds": round(seconds, 1),
+                "training_env": TRAINING_ENV, "versions": _versions()}
+        (directory / (target.name + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
+        logger.info("trained %s in %.1f s, sha256 %s", target.name, seconds, digest)
+    return target
+
+
 def tiny_model_path(
     cache_dir: str | os.PathLike | None = None, *, force: bool = False, **overrides: Any
 ) -> pathlib.Path:
@@ -464,39 +621,47 @@ def tiny_model_path(
     directory = resolve_cache_dir(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"tiny-cp{major}-{cache_key(params, major)}.pth"
-    if target.is_file() and not force:
-        return target
-    with _exclusive(directory / (target.name + ".lock")):
-        if target.is_file() and not force:  # trained by another process meanwhile
-            return target
-        _remove_leftovers(directory, target.name)
-        logger.info("training tiny cellpose %d model %s with %s", major, target.name, params)
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=directory, prefix=f".train-{target.name}-") as work:
-            state = _train_state_dict(params, pathlib.Path(work))
-        _write_atomically(state, target, params.half_precision)
-        meta = {"params": dataclasses.asdict(params), "cellpose_major": major,
-                "format": FORMAT_REVISION, "train_seconds": round(time.perf_counter() - start, 1)}
-        (directory / (target.name + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
-        logger.info("trained %s in %.1f s", target.name, time.perf_counter() - start)
-    return target
+    return _build("model", params, target, force)
+
+
+def tiny_size_model_path(
+    cache_dir: str | os.PathLike | None = None, *, force: bool = False, **overrides: Any
+) -> pathlib.Path:
+    """Cellpose 3's size model of the tiny model, ``<model>_size.npy`` (where
+    cellpose looks for it), training both if missing."""
+    major = cellpose_major()
+    if major >= 4:
+        raise RuntimeError("Expected cellpose 3 for a size model. Got cellpose 4, which has none, instead.")
+    model = tiny_model_path(cache_dir, force=force, **overrides)
+    params = dataclasses.replace(TrainingParams(), **overrides).resolved(major)
+    return _build("size model", params, pathlib.Path(f"{model}_size.npy"), force, model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train (once) and print the path of the tiny Cellpose test model.")
     parser.add_argument("--cache-dir", default=None, help=f"default: ${CACHE_ENV} or {DEFAULT_CACHE}")
     parser.add_argument("--force", action="store_true", help="retrain even if the model file exists")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    parser.add_argument("--size-model", action="store_true", help="also the size model (cellpose 3)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default: TrainingParams.seed)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log training progress")
+    # the training process itself (see _train_in_subprocess)
+    parser.add_argument("--train-child", choices=("model", "size model"), help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    print(tiny_model_path(args.cache_dir, force=args.force))
+    if args.train_child:
+        params = TrainingParams(**json.loads(args.params))
+        _train_child(args.train_child, params, pathlib.Path(args.out),
+                     None if args.model is None else pathlib.Path(args.model))
+        return 0
+    overrides = {} if args.seed is None else {"seed": args.seed}
+    path = (tiny_size_model_path if args.size_model else tiny_model_path)(args.cache_dir, force=args.force,
+                                                                            **overrides)
+    print(path)
+    print(sha256(path))
     return 0
 
 
