@@ -121,6 +121,16 @@ class Scheduler:
         self._stop_pool()
         _close_segmenters()
 
+    def warm(self) -> None:
+        """Start the fork server now, when worker processes will be started
+        from it: it imports pystitch (a second or more) in parallel with what
+        this process does before the first ``map`` (planning, the plan scan),
+        instead of while the first workers wait for it."""
+        if self.workers > 1 and _context().get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
     def close_pool(self) -> None:
         """Stop the worker processes (the next ``map`` starts them again)."""
         self._stop_pool()
@@ -570,6 +580,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
             stack.enter_context(registered(spec.uri, in_memory))
         stack.enter_context(DirectoryLock(wd))
         scheduler = stack.enter_context(Scheduler(usable_cores() if workers == "auto" else workers, progress))
+        scheduler.warm()
         t = time.perf_counter()
         try:
             plan = plan_blocks(
