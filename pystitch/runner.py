@@ -613,6 +613,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         n_workers, why = choose_workers(workers, plan, tasks, device)
         log.info("%d worker process%s (%s)", n_workers, "" if n_workers == 1 else "es", why)
         scheduler.resize(n_workers)
+        if n_workers > 1 and todo:  # face-pairs and apply-lut: a batch for every worker at least
+            batch_size = max(1, min(batch_size, -(-len(todo) // n_workers)))
         if in_memory is not None and n_workers > 1 and todo and not finished:
             t = time.perf_counter()
             scheduler.close_pool()  # workers started from now on know where the copy is
