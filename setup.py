@@ -34,6 +34,7 @@ EXTENSIONS = [
     kernel("_unionfind"),
     kernel("_contingency", cpp=True),
     kernel("_regions"),
+    kernel("_ccl"),
     # Cellpose's dynamics reproduced bit for bit: no fused multiply-adds unless asked for
     kernel("_flows", extra=("-ffp-contract=off",)),
 ]

@@ -121,6 +121,16 @@ class Scheduler:
         self._stop_pool()
         _close_segmenters()
 
+    def warm(self) -> None:
+        """Start the fork server now, when worker processes will be started
+        from it: it imports pystitch (a second or more) in parallel with what
+        this process does before the first ``map`` (planning, the plan scan),
+        instead of while the first workers wait for it."""
+        if self.workers > 1 and _context().get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
     def close_pool(self) -> None:
         """Stop the worker processes (the next ``map`` starts them again)."""
         self._stop_pool()
@@ -570,6 +580,7 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
             stack.enter_context(registered(spec.uri, in_memory))
         stack.enter_context(DirectoryLock(wd))
         scheduler = stack.enter_context(Scheduler(usable_cores() if workers == "auto" else workers, progress))
+        scheduler.warm()
         t = time.perf_counter()
         try:
             plan = plan_blocks(
@@ -602,6 +613,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         n_workers, why = choose_workers(workers, plan, tasks, device)
         log.info("%d worker process%s (%s)", n_workers, "" if n_workers == 1 else "es", why)
         scheduler.resize(n_workers)
+        if n_workers > 1 and todo:  # face-pairs and apply-lut: a batch for every worker at least
+            batch_size = max(1, min(batch_size, -(-len(todo) // n_workers)))
         if in_memory is not None and n_workers > 1 and todo and not finished:
             t = time.perf_counter()
             scheduler.close_pool()  # workers started from now on know where the copy is

@@ -251,3 +251,57 @@ def test_match_is_one_to_one_and_symmetric(data):
     for x, y, v in zip(la[keep], lb[keep], iou[keep]):
         assert v >= threshold
         assert v >= iou[la == x].max() and v >= iou[lb == y].max()
+
+
+# --------------------------------------------------------------------------- connected components
+
+
+@st.composite
+def masks_and_cores(draw):
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=14))
+    density = draw(st.sampled_from([0.2, 0.5, 0.8]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    mask = np.random.default_rng(seed).random(shape) < density
+    core = []
+    for n in shape:
+        lo = draw(st.integers(0, n))
+        core.append(slice(lo, draw(st.integers(lo, n))))
+    return mask, tuple(core), draw(st.integers(1, len(shape)))
+
+
+@SETTINGS
+@given(masks_and_cores())
+def test_label_foreground_matches_ndimage_then_renumbering(data):
+    from scipy import ndimage
+
+    from pystitch._core import label_foreground
+    from pystitch.steps.segment_block import renumber_local
+
+    mask, core, conn = data
+    labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, conn))
+    want, n_want, m_want = renumber_local(labels, core, "test")
+    got, n, m, fg = label_foreground(mask, conn, core)
+    assert got.dtype == np.uint32 and (n, m) == (n_want, m_want) and fg == int(mask[core].sum())
+    np.testing.assert_array_equal(got, want)
+
+
+def test_label_foreground_long_runs_and_diagonals():
+    from scipy import ndimage
+
+    from pystitch._core import label_foreground
+    from pystitch.steps.segment_block import renumber_local
+
+    rng = np.random.default_rng(7)
+    mask = np.zeros((40, 50, 300), bool)
+    for _ in range(400):  # long runs along x, touching only diagonally at some ends
+        z, y, x = rng.integers(0, 40), rng.integers(0, 50), rng.integers(0, 280)
+        mask[z, y, x:x + rng.integers(1, 20)] = True
+    core = (slice(5, 35), slice(3, 47), slice(10, 290))
+    for conn in (1, 2, 3):
+        labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, conn))
+        want, n_want, m_want = renumber_local(labels, core, "test")
+        got, n, m, _ = label_foreground(mask, conn, core)
+        assert (n, m) == (n_want, m_want)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InputError, match="boolean mask"):
+        label_foreground(mask.astype(np.uint8), 1, core)

@@ -198,3 +198,28 @@ def test_pyramid_factor_rules():
     assert pyramid_factors((100, 100), (64, 64), None) == [(1, 1)]
     with pytest.raises(pystitch.InputError, match="at most 2 pyramid levels"):
         pyramid_factors((4096, 4096), (24, 24), None, levels=3)
+
+
+def test_regions_parquet_same_bytes_as_pyarrow_table_without_pandas(tmp_path):
+    """The parquet table is built from the columns' buffers: the same file as
+    ``pa.table`` would write, without importing pandas (a second of start-up)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pystitch.report.regions import write_parquet
+isum = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
+cols = {"id": np.arange(1, 5, dtype=np.uint64), "voxels": np.array([3, 1, 4, 1], np.int64),
+        "intensity_sum": isum[:, 1], "unit": np.array(["µm"] * 4, dtype=object),
+        "blocks": np.array(["0", "0;1", "", "12;13;14"], dtype=object)}
+write_parquet(sys.argv[1] + "/a.parquet", cols, {"plan_hash": "abc"})
+assert "pandas" not in sys.modules, "pandas imported"
+table = pa.table({k: (list(v) if v.dtype == object else v) for k, v in cols.items()})
+pq.write_table(table.replace_schema_metadata({b"plan_hash": b"abc"}), sys.argv[1] + "/b.parquet")
+"""
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

@@ -11,12 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ._ccl import label_local
 from ._contingency import contingency_flat
 from ._lut import apply_lut_flat
 from ._regions import region_stats_3d
 from ._unionfind import union_find_dense, union_find_min
 
-__all__ = ["apply_lut_array", "contingency", "region_stats", "union_find", "union_find_dense"]
+__all__ = ["apply_lut_array", "contingency", "label_foreground", "region_stats", "union_find", "union_find_dense"]
+
+#: objects a block's local labels (uint32) can number
+MAX_LOCAL_OBJECTS = int(np.iinfo(np.uint32).max)
 
 LABEL_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 VALUE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
@@ -108,3 +112,37 @@ def region_stats(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
     except ValueError as exc:  # the kernel names the first label above n
         raise InputError(str(exc)) from None
     return counts[1:], lo[1:, 3 - ndim:], hi[1:, 3 - ndim:], sums[1:, 3 - ndim:]
+
+
+def label_foreground(mask: np.ndarray, connectivity: int, core: tuple[slice, ...]
+                     ) -> tuple[np.ndarray, int, int, int]:
+    """Connected components of a 2-D or 3-D boolean ``mask``, numbered as a
+    block stores them: objects present in ``core`` (one slice per axis) are
+    ``1..n`` and objects only outside it ``n+1..m``, each group in the order
+    of their first voxel (the order of ``scipy.ndimage.label``).
+
+    ``connectivity`` 1..ndim as in ``scipy.ndimage.generate_binary_structure``.
+    Returns ``(uint32 labels, n, m, foreground voxels of the core)``; more
+    than 2**32 - 1 objects is an error (``OverflowError``).
+
+    >>> mask = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 1]], bool)
+    >>> labels, n, m, fg = label_foreground(mask, 1, (slice(0, 3), slice(1, 3)))
+    >>> labels.tolist(), n, m, fg
+    ([[4, 0, 1], [0, 2, 0], [0, 0, 3]], 3, 4, 3)
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or mask.ndim not in (2, 3):
+        raise InputError(f"Expected a 2-D or 3-D boolean mask. Got {mask.dtype} of shape {mask.shape} instead.")
+    if not 1 <= int(connectivity) <= mask.ndim:
+        raise InputError(f"Expected a connectivity between 1 and {mask.ndim}. Got {connectivity} instead.")
+    if len(core) != mask.ndim:
+        raise InputError(f"Expected one core slice per axis ({mask.ndim}). Got {len(core)} instead.")
+    bounds = [s.indices(n)[:2] for s, n in zip(core, mask.shape)]
+    bounds = [(0, 1)] * (3 - mask.ndim) + bounds
+    out = np.zeros(mask.shape, np.uint32)
+    flat = np.ascontiguousarray(mask).view(np.uint8).reshape((1,) * (3 - mask.ndim) + mask.shape)
+    n, m, fg = label_local(flat, int(connectivity), *(v for b in bounds for v in b),
+                           out.reshape(flat.shape))
+    if m > MAX_LOCAL_OBJECTS:
+        raise OverflowError(f"{m} objects; at most {MAX_LOCAL_OBJECTS} fit in uint32 local labels")
+    return out, n, m, fg

@@ -117,6 +117,16 @@ class Backend(ABC):
         spatial axes.  Labels are integers, 0 is background.
         """
 
+    def segment_local(self, data: np.ndarray, crop: tuple[slice, ...], core: tuple[slice, ...],
+                      ctx: SegmentationContext) -> tuple[np.ndarray, int, int] | None:
+        """Optional: the labels of ``crop`` already numbered as a block stores
+        them, ``(uint32 labels, n, m)``: objects present in ``core`` (a region
+        of the crop) are ``1..n`` and objects only outside it ``n+1..m``, each
+        group in the order of the labels :meth:`segment` would return.  None
+        (the default): pystitch checks and renumbers what :meth:`segment`
+        returns."""
+        return None
+
     def info(self) -> dict:
         """What to record in each block manifest (versions, device...)."""
         return {"backend": self.name}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core import label_foreground
 from ..errors import InputError
 from .base import Backend, SegmentationContext, per_axis, register, reject_unknown
 
@@ -112,18 +113,29 @@ class ThresholdBackend(Backend):
         # smoothing never raises the maximum, so max <= threshold means no foreground
         return None if self.threshold == "otsu" else float(self.threshold)
 
-    def segment(self, data: np.ndarray, crop: tuple[slice, ...], ctx: SegmentationContext) -> np.ndarray:
-        from scipy import ndimage  # here, not at import: the steps that do not segment never load scipy
-
+    def _foreground(self, data: np.ndarray, crop: tuple[slice, ...], ctx: SegmentationContext) -> np.ndarray:
         if data.ndim != ctx.ndim:
             raise InputError(
                 f"The threshold backend segments one channel. Got a block of shape {data.shape} for a "
                 f"{ctx.ndim}-D image (block {ctx.block}); select one --channel."
             )
         if self.sigma:
+            from scipy import ndimage  # here, not at import: only smoothing needs scipy
+
             data = ndimage.gaussian_filter(data.astype(SMOOTH_DTYPE, copy=False), self.sigma,
                                            truncate=self.truncate, mode="reflect")
-        foreground = data[crop] > self.threshold
+        return data[crop] > self.threshold
+
+    def segment(self, data: np.ndarray, crop: tuple[slice, ...], ctx: SegmentationContext) -> np.ndarray:
+        from scipy import ndimage
+
         structure = ndimage.generate_binary_structure(ctx.ndim, self.connectivity)
-        labels, _ = ndimage.label(foreground, structure=structure)
+        labels, _ = ndimage.label(self._foreground(data, crop, ctx), structure=structure)
         return labels
+
+    def segment_local(self, data: np.ndarray, crop: tuple[slice, ...], core: tuple[slice, ...],
+                      ctx: SegmentationContext) -> tuple[np.ndarray, int, int]:
+        # connected components and the local numbering in one compiled pass: the
+        # same labels as segment() renumbered (tests/test_kernels.py)
+        labels, n, m, _ = label_foreground(self._foreground(data, crop, ctx), self.connectivity, core)
+        return labels, n, m

@@ -145,10 +145,28 @@ def write_parquet(path: str | os.PathLike, cols: dict[str, np.ndarray], metadata
         import pyarrow.parquet as pq
     except ImportError:
         return None
-    table = pa.table({k: (list(v) if v.dtype == object else v) for k, v in cols.items()})
+    table = pa.Table.from_arrays([_arrow_column(pa, v) for v in cols.values()], names=list(cols))
     table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in metadata.items()})
     pq.write_table(table, path)
     return Path(path)
+
+
+def _arrow_column(pa: Any, values: np.ndarray) -> Any:
+    """One column as an arrow array, built from its buffers: ``pa.array``
+    would import pandas (a second of start-up) to check what it was given.
+    The same array as ``pa.array(values)`` (``list(values)`` for strings)."""
+    if values.dtype == object:
+        data = [str(v).encode() for v in values]
+        offsets = np.zeros(len(data) + 1, np.int64)
+        np.cumsum([len(d) for d in data], out=offsets[1:])
+        if offsets[-1] < 2 ** 31 and all(isinstance(v, str) for v in values):
+            return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                                   pa.py_buffer(b"".join(data))])
+        return pa.array(list(values))
+    if values.ndim == 1 and values.dtype.kind in "iuf" and values.dtype.isnative:
+        values = np.ascontiguousarray(values)
+        return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+    return pa.array(values)
 
 
 def read_csv_table(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -106,9 +106,17 @@ def store_labels(plan: Plan, staging: Staging, block: int, labels: Any, manifest
     where = grid.describe(block)
     ext = grid.extended(block)
     labels = check_labels(labels, [e.stop - e.start for e in ext], where)
-    core_in_ext = grid.within(grid.core(block), ext)
-    local, n, m = renumber_local(labels, core_in_ext, where)
-    pieces = staging.block_pieces(block, local, ext)
+    local, n, m = renumber_local(labels, grid.within(grid.core(block), ext), where)
+    return store_local(plan, staging, block, local, n, m, manifest_dir, **fields)
+
+
+def store_local(plan: Plan, staging: Staging, block: int, local: np.ndarray, n: int, m: int,
+                manifest_dir: str | os.PathLike, **fields: Any) -> dict:
+    """Write a block's labels in local numbering (over its core + halo: core
+    objects ``1..n``, halo-only ``n+1..m``) to the staging store, then write
+    the manifest LAST."""
+    _check_count(m, plan.grid.describe(block))
+    pieces = staging.block_pieces(block, local, plan.grid.extended(block))
     staging.write_pieces(block, pieces)
     records = {name: piece_record(data) for name, data in pieces}
     fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0, foreground_voxels=records["core"]["voxels"],
@@ -179,9 +187,16 @@ class BlockSegmenter:
                           seconds=round(time.perf_counter() - t0, 4))
             write_manifest(manifest_dir, plan, block, **fields)
         else:
-            labels = backend.segment(data, crop, ctx)
-            fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
-            fields = store_labels(plan, self.staging, block, labels, manifest_dir, **fields)
+            core = grid.within(grid.core(block), ext)
+            done = backend.segment_local(data, crop, core, ctx)
+            if done is not None:  # already numbered as stored (a compiled fast path)
+                local, n, m = done
+                fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
+                fields = store_local(plan, self.staging, block, local, n, m, manifest_dir, **fields)
+            else:
+                labels = backend.segment(data, crop, ctx)
+                fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
+                fields = store_labels(plan, self.staging, block, labels, manifest_dir, **fields)
         log.debug("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", grid.describe(block),
                   fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
         return fields

@@ -313,15 +313,18 @@ class ChunkCache:
         grid = list(itertools.product(*(range(a, b) for a, b in spans)))
         missing = [g for g in grid if g not in self.chunks]
         if missing:
-            lo = [min(g[a] for g in missing) for a in range(len(shape))]
-            hi = [max(g[a] for g in missing) + 1 for a in range(len(shape))]
-            box = tuple(slice(l * c, min(h * c, n)) for l, h, c, n in zip(lo, hi, chunks, shape))
-            data = np.asarray(array[box])
-            for g in itertools.product(*(range(l, h) for l, h in zip(lo, hi))):
-                key = g
-                if key not in self.chunks:
-                    sub = tuple(slice((gi - l) * c, (gi - l + 1) * c) for gi, l, c in zip(g, lo, chunks))
-                    self._put(key, data[sub].copy())
+            # each missing chunk read on its own (concurrently from zarr): no box
+            # around them to hold and copy out of, no chunk read that is cached already
+            regions = [tuple(slice(gi * c, min((gi + 1) * c, n)) for gi, c, n in zip(g, chunks, shape))
+                       for g in missing]
+            if isinstance(array, zarr.Array):
+                from .zarrs import read_concurrently
+
+                parts = read_concurrently([(array, r) for r in regions])
+            else:
+                parts = [np.asarray(array[r]) for r in regions]
+            for g, part in zip(missing, parts):
+                self._put(g, part)
             if any(g not in self.chunks for g in grid):
                 return np.asarray(array[index])  # the request is larger than the cache
         out_shape = [len(range(*ix.indices(n))) for ix, n in zip(index, shape) if isinstance(ix, slice)]
