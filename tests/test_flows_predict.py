@@ -50,7 +50,8 @@ def test_resize_form_reproduces_cv2(channels) -> None:
     assert calibrate_resize(channels) in ("lerp", "muladd")
 
 
-@pytest.mark.parametrize("src,dst", [((61, 77), (101, 128)), ((101, 128), (61, 77)), ((50, 50), (50, 90))])
+@pytest.mark.parametrize("src,dst", [((61, 77), (101, 128)), ((101, 128), (61, 77)), ((50, 50), (50, 90)),
+                                     ((150, 170), (562, 637))])  # row 140's position is 37 - 1e-14 in cv2
 def test_any_box_of_a_resize_equals_the_whole_resize(src, dst) -> None:
     rng = np.random.default_rng(5)
     img = rng.normal(size=(*src, 3)).astype(np.float32)
@@ -59,6 +60,31 @@ def test_any_box_of_a_resize_equals_the_whole_resize(src, dst) -> None:
     for lo, hi in block_grid(dst, (23, 31), offset=(7, 5)):
         out = apply_passes(img, (0, 0), passes, (lo, hi))
         assert np.array_equal(out, whole[lo[0]:hi[0], lo[1]:hi[1]]), (lo, hi)
+
+
+def test_resizes_of_random_sizes_equal_cv2_or_are_refused() -> None:
+    """Sizes and factors as cellpose meets them (1-4 channels, up and down);
+    exactly 2x down on both axes may take cv2's area code: refused, never wrong."""
+    from pystitch.flows.dynamics import KernelMismatchError
+
+    rng = np.random.default_rng(1)
+    refused = 0
+    for t in range(120):
+        ch = 1 + t % 4
+        src = tuple(int(v) for v in rng.integers(20, 160, 2))
+        k = rng.choice([0.25, 0.5, 1.5, 2.25, 3.75, 4 / 3, 2.0])
+        dst = tuple(max(2, int(s * k)) for s in src)
+        img = rng.normal(size=(*src, ch)).astype(np.float32)
+        ref = cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_LINEAR).reshape(*dst, ch)
+        passes = [p for p in (Pass(1, src[1], dst[1], "h", ch), Pass(0, src[0], dst[0], "v", ch)) if p.src != p.dst]
+        try:
+            out = apply_passes(img, (0, 0), passes, ((0, 0), dst))
+        except KernelMismatchError:
+            assert src == tuple(2 * d for d in dst), (src, dst, ch)
+            refused += 1
+            continue
+        assert np.array_equal(out, ref), (src, dst, ch)
+    assert refused <= 12
 
 
 # ---------------------------------------------------------------- the network's output per block
@@ -152,3 +178,38 @@ def test_a_block_layout_of_its_own_is_not_eval(tiny_model) -> None:
     crop = img[:100, :110]
     dP, _, _, _ = _blockwise_flows(major, model, crop, bounds, 8.0, (100, 110))
     assert not np.array_equal(dP, ref_dP[:, :100, :110])
+
+
+@pytest.mark.cellpose
+@pytest.mark.parametrize("factor,block,offset", [(0.7, (64, 50), (0, 0)), (1.3, (48, 80), (20, 7))])
+def test_predict_and_follow_by_blocks_equal_eval_masks(tiny_model, factor, block, offset) -> None:
+    """End to end, no whole-image step but the seed ranking and the filters'
+    table: the network per block (its own batches), then the blockwise
+    dynamics; the labels equal ``eval``'s masks, values included, on any grid."""
+    from pystitch.flows.blockwise import masks_blockwise
+    from pystitch.flows.dynamics import installed_dynamics, niter_for
+
+    major, model = tiny_model
+    tiny = _tiny()
+    diameter = factor * tiny.TrainingParams().diameter  # objects the model finds, scaled up and down
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        img = tiny.synthetic_blobs((150, 170), seed=4)[0].astype(np.float32)
+        bounds = np.array([[0.0, 1.0]] * (2 if major == 3 else 1))
+        normalize = {"lowhigh": bounds.tolist(), "percentile": [1.0, 99.0], "normalize": True, "norm3D": True,
+                     "sharpen_radius": 0, "smooth_radius": 0, "tile_norm_blocksize": 0, "tile_norm_smooth3D": 1,
+                     "invert": False}
+        kwargs = dict(batch_size=8, channel_axis=2, normalize=normalize, diameter=diameter)
+        if major == 3:
+            kwargs["channels"] = [1, 0]
+        ref = np.asarray(model.eval(img[..., None], **kwargs)[0])
+        dP, prob, _, geometry = _blockwise_flows(major, model, img, bounds, diameter, block)
+    finally:
+        torch.set_num_threads(threads)
+    niter = niter_for(major, geometry.facts.rescale)
+    order = np.random.default_rng(1).permutation(len(block_grid(img.shape, block, offset)))
+    out, _, _ = masks_blockwise(dP, prob, block, installed_dynamics(), halo=(int(2 * diameter),) * 2, niter=niter,
+                                order=order, offset=offset)
+    assert ref.max() >= 10
+    assert np.array_equal(out, ref)

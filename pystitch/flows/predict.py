@@ -150,7 +150,7 @@ def axis_weights(src: int, dst: int, lo: int, hi: int, form: str, role: str
     rounded to float first, ``w0 = 1 - w1`` in float32; its vertical pass does
     not clamp the weights at the ends, only the rows (OpenCV's generic path).
     """
-    scale = 1.0 / (dst / src)
+    scale = src / dst
     d = np.arange(lo, hi, dtype=np.float64)
     if form == "lerp":
         fx = (d + 0.5) * scale - 0.5
@@ -237,9 +237,37 @@ def calibrate_resize(channels: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def halving_is_linear(channels: int) -> bool:
+    """Whether the installed cv2 halves both axes of a ``channels``-channel
+    float32 image with its linear arithmetic (:func:`calibrate_resize`'s form).
+    Some builds switch to their area-averaging code for exactly 2x down in
+    both axes (cv2 5.0: 2 channels), which the passes here do not reproduce."""
+    import cv2
+
+    rng = np.random.default_rng(304)
+    img = rng.normal(size=(36, 50, channels)).astype(np.float32)
+    ref = cv2.resize(img, (25, 18), interpolation=cv2.INTER_LINEAR).reshape(18, 25, channels)
+    return bool(np.array_equal(_reference_resize(img, 18, 25, calibrate_resize(channels)), ref))
+
+
+def _check_halving(passes: Sequence[Pass]) -> None:
+    for p, q in zip(passes, passes[1:]):
+        if (p.role, q.role) == ("h", "v") and p.src == 2 * p.dst and q.src == 2 * q.dst \
+                and not halving_is_linear(p.channels):
+            import cv2
+
+            raise KernelMismatchError(
+                f"Expected a resize that cv2 {cv2.__version__} computes linearly. Got exactly 2x down on both axes "
+                f"({q.src}x{p.src} -> {q.dst}x{p.dst}, {p.channels} channels), which it averages instead: exact "
+                "flows are not possible for this image size and rescale factor (change the diameter slightly)."
+            )
+
+
 def apply_passes(data: np.ndarray, source_lo: Sequence[int], passes: Sequence[Pass], target: Box) -> np.ndarray:
     """``data`` (spatial box at ``source_lo``, channels last) through ``passes``,
     giving the box ``target`` of the last pass's space."""
+    _check_halving(passes)
     boxes = passes_boxes(passes, target)
     out = np.asarray(data, np.float32)
     lo = list(source_lo)
