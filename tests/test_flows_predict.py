@@ -213,3 +213,56 @@ def test_predict_and_follow_by_blocks_equal_eval_masks(tiny_model, factor, block
                                 order=order, offset=offset)
     assert ref.max() >= 10
     assert np.array_equal(out, ref)
+
+
+@pytest.mark.cellpose
+@pytest.mark.parametrize("shape,block", [((150, 170), (64, 90)), ((20, 40, 36), (10, 20, 36))])
+def test_the_adapters_settings_by_blocks_equal_its_whole_image_labels(shape, block) -> None:
+    """The backend adapter's own tiling facts, network input and forward pass,
+    then the blockwise dynamics with its thresholds: its labels on the whole image."""
+    from pystitch.backends.cellpose import CellposeSegmenter
+    from pystitch.flows.blockwise import masks_blockwise
+    from pystitch.flows.dynamics import installed_dynamics, niter_for
+
+    tiny = _tiny()
+    with tiny.model_loading_context():
+        seg = CellposeSegmenter(pretrained_model=str(tiny.tiny_model_path()),
+                                diameter=0.8 * tiny.TrainingParams().diameter, do_3D=len(shape) == 3, lowhigh=[(0.0, 1.0)], device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        img = tiny.synthetic_blobs(shape, seed=6)[0].astype(np.float32)
+        ref = seg(img)
+        geometry = Geometry(shape, seg.model_facts())
+        tiles = {}
+        for lo, hi in block_grid(shape, block):
+            for batch in geometry.owned(lo, hi):
+                y = seg.forward(batch_input(geometry, batch, lambda box: seg.network_input(
+                    img[tuple(slice(a, b) for a, b in zip(*box))])))
+                tiles.update({(batch.orientation, *m): y[k] for k, m in enumerate(batch.members)})
+        dP = np.zeros((len(shape), *shape), np.float32)
+        prob = np.zeros(shape, np.float32)
+        for lo, hi in block_grid(shape, block):
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            dP[(slice(None), *box)], prob[box] = blend(geometry, (lo, hi), lambda o, q, j, i: tiles[(o, q, j, i)])
+    finally:
+        torch.set_num_threads(threads)
+    out, _, _ = masks_blockwise(dP, prob, block, installed_dynamics(), halo=(20,) * len(shape),
+                                niter=niter_for(seg.major, geometry.facts.rescale, niter=seg.niter),
+                                cellprob_threshold=seg.cellprob_threshold, flow_threshold=seg.flow_threshold,
+                                min_size=seg.min_size, max_size_fraction=seg.max_size_fraction)
+    assert ref.max() >= (10 if len(shape) == 2 else 2)
+    assert np.array_equal(out, ref)
+
+
+@pytest.mark.cellpose
+def test_network_input_without_global_bounds_is_refused() -> None:
+    from pystitch.backends.cellpose import CellposeSegmenter
+    from pystitch.errors import InputError
+
+    tiny = _tiny()
+    with tiny.model_loading_context():
+        seg = CellposeSegmenter(pretrained_model=str(tiny.tiny_model_path()), device="cpu")
+    with pytest.raises(InputError, match="Expected lowhigh") as info:
+        seg.network_input(np.zeros((8, 8), np.float32))
+    assert "\n" not in str(info.value)
