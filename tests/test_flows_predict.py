@@ -147,7 +147,7 @@ def _blockwise_flows(major, model, img, bounds, diameter, block, geometry_shape=
 @pytest.mark.parametrize("shape,diameter,block", [
     ((150, 170), 8.0, (64, 50)),     # network space larger than the image (2.25x in cellpose 3)
     ((150, 170), 40.0, (150, 90)),   # smaller
-    ((20, 40, 36), 12.0, (8, 25, 20)),  # 3-D: three orientations
+    pytest.param((20, 40, 36), 12.0, (8, 25, 20), marks=pytest.mark.slow),  # 3-D: three orientations
 ])
 def test_blockwise_prediction_equals_eval(tiny_model, shape, diameter, block) -> None:
     major, model = tiny_model
@@ -216,7 +216,8 @@ def test_predict_and_follow_by_blocks_equal_eval_masks(tiny_model, factor, block
 
 
 @pytest.mark.cellpose
-@pytest.mark.parametrize("shape,block", [((150, 170), (64, 90)), ((20, 40, 36), (10, 20, 36))])
+@pytest.mark.parametrize("shape,block", [((150, 170), (64, 90)),
+                                         pytest.param((20, 40, 36), (10, 20, 36), marks=pytest.mark.slow)])
 def test_the_adapters_settings_by_blocks_equal_its_whole_image_labels(shape, block) -> None:
     """The backend adapter's own tiling facts, network input and forward pass,
     then the blockwise dynamics with its thresholds: its labels on the whole image."""
