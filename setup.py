@@ -37,6 +37,8 @@ EXTENSIONS = [
     kernel("_ccl"),
     # Cellpose's dynamics reproduced bit for bit: no fused multiply-adds unless asked for
     kernel("_flows", extra=("-ffp-contract=off",)),
+    # OpenCV's linear resize of any part of an image, bit for bit (the flows rule's predict step)
+    kernel("_resize", extra=("-ffp-contract=off",)),
 ]
 
 CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut"]

@@ -995,6 +995,52 @@ class CellposeSegmenter:
                 labels = lut[labels]
         return labels
 
+    # ------------------------------------------------------------ the flows rule's predict step
+
+    def model_facts(self) -> Any:
+        """What ``eval`` decides about the tiling with these settings
+        (:class:`pystitch.flows.predict.ModelFacts`): tile size, channels,
+        rescale factor (cellpose 3: ``diam_mean / diameter``, the model's
+        ``diam_labels`` without one; cellpose 4: ``30 / diameter``, 1 without)."""
+        from ..flows.predict import ModelFacts
+
+        m = self._model
+        if self.major == 3:
+            rescale = m.diam_mean / (self.diameter if self.diameter else m.diam_labels)
+            bsize, nchan = 224, 2
+        else:
+            rescale = 30.0 / self.diameter if self.diameter else 1.0
+            bsize = 256 if getattr(m, "backbone", "sam_vitl") == "sam_vitl" else 384
+            nchan = 3
+        return ModelFacts(major=self.major, bsize=bsize, nchan=nchan, nout=3, rescale=float(rescale),
+                          anisotropy=self.anisotropy if self.do_3D else None, batch_size=self.batch_size)
+
+    def network_input(self, block: np.ndarray) -> np.ndarray:
+        """Any part of the image as ``eval`` feeds it to the network before
+        resizing (channels last, float32): the selected channels normalised
+        with the global ``lowhigh`` -- per-block percentiles would make every
+        block's input different from the whole image's."""
+        from ..flows.predict import prepare
+
+        x, _ = self._channels_last(block)
+        x, bounds = self._select_channels(x)
+        if bounds is None:
+            raise InputError("Expected lowhigh (global normalisation bounds) for the flows rule. Got none instead: "
+                             "per-block percentiles differ from the whole image's.")
+        if self.major == 3 and x.shape[-1] == 1:
+            bounds = np.vstack([bounds, [0.0, 1.0]])
+        return prepare(x, self.major, bounds, self.invert)
+
+    def forward(self, tiles: np.ndarray) -> np.ndarray:
+        """The network on a batch of tiles ``(n, nchan, ly, lx)``: ``(n, 3, ly, lx)`` float32."""
+        from cellpose import core
+
+        y = np.asarray(core._forward(self._model.net, tiles)[0], np.float32)
+        if y.ndim != 4 or y.shape[1] != 3:
+            raise SegmenterError(f"Expected the network to give (n, 3, ly, lx) (flows, cell probability). "
+                                 f"Got shape {y.shape} instead.")
+        return y
+
     # ------------------------------------------------------------ description
 
     def info(self) -> dict[str, Any]:

@@ -5,11 +5,16 @@ steps that are either local or can be summed over blocks.  This package holds
 those steps as array functions over blocks (with their global offset) plus
 small global merges, and reproduces the installed cellpose's own result
 (``cellpose.dynamics.resize_and_compute_masks`` on the whole image, CPU path)
-exactly -- the same label values, not only the same partition:
+exactly -- the same label values, not only the same partition -- and, from
+the image, ``CellposeModel.eval``'s flows, cell probability and masks:
 
 =========  ===================================  =============================================
 step       module                               crosses task boundaries (n: foreground voxels)
 =========  ===================================  =============================================
+predict    :mod:`.predict` (``_core._resize``)  in: the image under the block's own forward
+                                                batches (the whole image's tile layout); out:
+                                                their tiles' outputs (12 B per tile pixel);
+                                                a block blends its core from the tiles over it
 follow     :mod:`.follow` (+ ``_core._flows``)  in: flows + probability of core + halo;
                                                 out: end point per voxel (8 n bytes) and a
                                                 histogram piece (16 B per distinct end point)

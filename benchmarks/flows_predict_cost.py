@@ -1,0 +1,100 @@
+"""What the flows rule's predict step costs per block, from the tile layout alone.
+
+``pystitch.flows.predict`` runs Cellpose's network on the *whole image's*
+tiles, each forward batch computed once by the block that owns it
+(:meth:`Geometry.owned`).  This script counts, without running a network,
+for a 3-D (``do_3D``) or 2-D image and a block grid:
+
+* ``network_per_image``: tile voxels the network computes / image voxels
+  (all orientations: whole-image ``eval`` computes exactly as much);
+* ``network_blocks_per_eval``: the blocks' owned tiles / whole-image eval's
+  (1.0 when every batch has exactly one owner);
+* ``input_read_per_block``: image voxels a block reads to build its batches /
+  its core voxels (largest and mean over blocks);
+* ``tiles_read_per_block``: tile output voxels a block blends / core voxels;
+* ``halo_network_per_image``: the alternative that is *not* exact: ``eval``
+  on each block grown by a halo (one diameter), tile voxels / image voxels.
+
+Usage::
+
+    python benchmarks/flows_predict_cost.py [--shape 512,1024,1024] [--block 256] [--major 3] [--out f.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from pystitch.flows.blockwise import block_grid
+from pystitch.flows.predict import Geometry, ModelFacts
+
+
+def facts(major: int, rescale: float) -> ModelFacts:
+    return ModelFacts(major=major, bsize=224 if major == 3 else 256, nchan=2 if major == 3 else 3, nout=3,
+                      rescale=rescale, anisotropy=None, batch_size=8)
+
+
+def measure(shape: tuple[int, ...], block: tuple[int, ...], major: int, rescale: float, halo: int) -> dict:
+    f = facts(major, rescale)
+    g = Geometry(shape, f)
+    image = math.prod(shape)
+    whole = g.tile_pixels()
+    owned_tiles = 0
+    reads, blends = [], []
+    for lo, hi in block_grid(shape, block):
+        core = math.prod(b - a for a, b in zip(lo, hi))
+        read = 0
+        for batch in g.owned(lo, hi):
+            o = g.orientations[batch.orientation]
+            owned_tiles += len(batch.members) * o.tile[0] * o.tile[1]
+            src = g.source_box_for(g.batch_box(batch))
+            read += math.prod(b - a for a, b in zip(*src))
+        reads.append(read / core)
+        net = g.net_box_for((lo, hi))
+        blended = 0
+        for o in g.orientations:
+            planes = 1 if o.axis is None else net[1][o.axis] - net[0][o.axis]
+            u = (net[0][o.plane_axes[0]], net[1][o.plane_axes[0]])
+            v = (net[0][o.plane_axes[1]], net[1][o.plane_axes[1]])
+            blended += planes * len(g.tiles_over(o.index, u, v)) * o.tile[0] * o.tile[1]
+        blends.append(blended / core)
+    halo_tiles = 0
+    for lo, hi in block_grid(shape, block):
+        grown = tuple(min(s, b + halo) - max(0, a - halo) for a, b, s in zip(lo, hi, shape))
+        halo_tiles += Geometry(grown, f).tile_pixels()
+    return {
+        "shape": list(shape), "block": list(block), "cellpose_major": major, "rescale": rescale,
+        "tile": f.bsize, "batch_size": f.batch_size,
+        "network_per_image": round(whole / image, 3),
+        "network_blocks_per_eval": round(owned_tiles / whole, 6),
+        "input_read_per_block": {"max": round(max(reads), 3), "mean": round(float(np.mean(reads)), 3)},
+        "tiles_read_per_block": {"max": round(max(blends), 3), "mean": round(float(np.mean(blends)), 3)},
+        "halo": halo, "halo_network_per_image": round(halo_tiles / image, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="512,1024,1024")
+    ap.add_argument("--block", default="256")
+    ap.add_argument("--major", type=int, default=3)
+    ap.add_argument("--rescale", type=float, default=1.0)
+    ap.add_argument("--halo", type=int, default=30)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    shape = tuple(int(s) for s in a.shape.split(","))
+    block = tuple(int(s) for s in a.block.split(","))
+    block = block * len(shape) if len(block) == 1 else block
+    result = measure(shape, block, a.major, a.rescale, a.halo)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
