@@ -223,10 +223,14 @@ def test_bin_launchers_run_with_the_image_python(podman_env, cpu_image):
 
 
 def test_compiled_core_imports(podman_env, cpu_image):
-    code = ("import pystitch._core as c, pystitch._core._lut, pystitch._core._unionfind, "
-            "pystitch._core._contingency, pystitch._core._regions as r; print(r.__file__)")
-    path = in_image(podman_env, cpu_image, ["python3", "-c", code]).stdout.strip()
-    assert path.startswith("/opt/pystitch/") and path.endswith(".so")
+    """Every kernel of pystitch/_core (each .pyx of the checkout) is compiled into the image."""
+    kernels = sorted(p.stem for p in (REPO / "pystitch" / "_core").glob("*.pyx"))
+    assert {"_lut", "_unionfind", "_ccl", "_flows"} <= set(kernels)
+    code = ("import importlib; "
+            f"print('\\n'.join(importlib.import_module('pystitch._core.' + k).__file__ for k in {kernels!r}))")
+    paths = in_image(podman_env, cpu_image, ["python3", "-c", code]).stdout.split()
+    assert len(paths) == len(kernels)
+    assert all(p.startswith("/opt/pystitch/") and p.endswith(".so") for p in paths), paths
 
 
 def test_runs_as_non_root_without_compilers(podman_env, cpu_image):
