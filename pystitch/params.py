@@ -216,6 +216,20 @@ PARAMS: tuple[Param, ...] = (
        commands=PLAN_AND_RUN + ("finalize",), group="output", nextflow=False),
     _p("keep_work", "bool", "keep the work directory after success", default=False, commands=("run",),
        group="output", nextflow=False),
+    # ---- object storage and devices
+    _p("storage_options", "text", "options of every s3:// URL (input, output, report, store dir) as a JSON "
+       "object of s3fs keyword arguments, e.g. {\"endpoint_url\": \"https://minio.example.org\"}; credentials "
+       "come from the AWS environment (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws); default: the JSON in "
+       "PYSTITCH_STORAGE_OPTIONS", commands=("run", "plan-blocks", "segment-block", "face-pairs", "resolve",
+                                             "apply-lut", "finalize"), group="running", metavar="JSON",
+       help_text="Every step opens the URLs with them; AWS_ENDPOINT_URL names an S3-compatible endpoint as well. "
+       "Keep credentials out of them (they would be in the tasks' scripts): use the AWS environment or profiles."),
+    _p("store_dir", "str", "where the big stores go (staging labels, lut, the output being written): a path "
+       "or an s3:// URL (default: the work directory; for an s3:// output, <output stem>_work beside it)",
+       commands=PLAN_AND_RUN, group="output", nextflow=False),
+    _p("devices", "text", "one worker per device, each pinned to it for its whole life (the model loaded "
+       "once per worker): cuda:0,cuda:1,... or auto (every GPU torch sees); cellpose", commands=("run",),
+       group="running", nextflow=False, metavar="cuda:0,cuda:1|auto"),
     # ---- blocks
     _p("block_shape", "shape", "block core in voxels, one value or one per axis (e.g. 64,256,256); also the "
        "output chunks. auto (cellpose): the largest block whose segmentation fits --memory-gb",
@@ -251,20 +265,6 @@ PARAMS: tuple[Param, ...] = (
        "every PYSTITCH_PROGRESS_SECONDS (30) seconds and every tenth of the work", default=True,
        commands=("run", "convert"),
        group="running", nextflow=False),
-    # ---- object storage and devices
-    _p("storage_options", "text", "options of every s3:// URL (input, output, report, store dir) as a JSON "
-       "object of s3fs keyword arguments, e.g. {\"endpoint_url\": \"https://minio.example.org\"}; credentials "
-       "come from the AWS environment (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws); default: the JSON in "
-       "PYSTITCH_STORAGE_OPTIONS", commands=("run", "plan-blocks", "segment-block", "face-pairs", "resolve",
-                                             "apply-lut", "finalize"), group="running", metavar="JSON",
-       help_text="Every step opens the URLs with them; AWS_ENDPOINT_URL names an S3-compatible endpoint as well. "
-       "Keep credentials out of them (they would be in the tasks' scripts): use the AWS environment or profiles."),
-    _p("store_dir", "str", "where the big stores go (staging labels, lut, the output being written): a path "
-       "or an s3:// URL (default: the work directory; for an s3:// output, <output stem>_work beside it)",
-       commands=PLAN_AND_RUN, group="output", nextflow=False),
-    _p("devices", "text", "one worker per device, each pinned to it for its whole life (the model loaded "
-       "once per worker): cuda:0,cuda:1,... or auto (every GPU torch sees); cellpose", commands=("run",),
-       group="running", nextflow=False, metavar="cuda:0,cuda:1|auto"),
     # ---- report
     _p("pictures", "bool", "write the QC pictures into the report", default=True, commands=("run", "finalize"),
        group="report", aliases=("nopictures",)),
