@@ -364,3 +364,24 @@ def publishing_marker(uri: str) -> dict | None:
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pystitch.storage.remote cat URL``: the object at URL on stdout
+    (a workflow task keeps a copy of what a step published to an object store)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "cat":
+        print("usage: python -m pystitch.storage.remote cat URL", file=sys.stderr)
+        return 2
+    data = read_bytes(args[1])
+    if data is None:
+        print(f"Nothing found at {args[1]}.", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
