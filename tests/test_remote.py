@@ -11,6 +11,7 @@ line before any work, and nothing is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -202,3 +203,41 @@ def test_bad_object_store_input_is_one_line_and_writes_nothing(tmp_path, s3, cas
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "wd").exists()
     assert _objects(s3) == before
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+def test_pipeline_reads_and_writes_the_object_store(tmp_path, s3, tmp_path_factory):
+    """``nextflow run main.nf --input s3://... --outdir s3://... --staging_dir s3://...``
+    (local executor): the label image and regions table are byte for byte
+    those of ``pystitch run`` on the same image on the filesystem."""
+    from nf_support import install_nextflow, ok, reference_run, tree
+    from pystitch.example import write_example
+
+    nextflow = install_nextflow(tmp_path_factory)
+    local = write_example(tmp_path / "img.zarr", shape=(24, 96, 96))
+    s3["fs"].put(str(local), f"{s3['bucket']}/img.zarr", recursive=True)
+    launch = tmp_path / "launch"
+    env = {k: os.environ[k] for k in (*CREDENTIALS, "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE",
+                                      "AWS_SHARED_CREDENTIALS_FILE", "PYSTITCH_STORAGE_OPTIONS")}
+    ok(nextflow(launch, "-profile", "test", "--input", f"{s3['url']}/img.zarr", "--outdir", f"{s3['url']}/results",
+                "--staging_dir", f"{s3['url']}/staging", env=env))
+    got = tmp_path / "got"
+    for name in ("labels.zarr", "labels_report"):
+        s3["fs"].get(f"{s3['bucket']}/results/img/{name}", str(got / name), recursive=True)
+    reference_run(local, tmp_path / "ref" / "labels.zarr")
+    got_files, ref_files = tree(got / "labels.zarr"), tree(tmp_path / "ref" / "labels.zarr")
+    assert sorted(got_files) == sorted(ref_files)
+    # every chunk and array document the same bytes; the root's marker names another plan (the
+    # plan's hash covers the input's location) and is otherwise the same
+    assert [n for n in got_files if got_files[n] != ref_files[n]] == [".zattrs"]
+    unmarked = [json.loads(files[".zattrs"]) for files in (got_files, ref_files)]
+    for attrs in unmarked:
+        for key in ("plan_hash", "request"):
+            attrs["pystitch"].pop(key)
+    assert unmarked[0] == unmarked[1]
+    assert (got / "labels_report" / "regions.csv").read_bytes() == \
+        (tmp_path / "ref" / "labels_report" / "regions.csv").read_bytes()
+    np.testing.assert_array_equal(load(got / "labels.zarr"), load(tmp_path / "ref" / "labels.zarr"))
+    assert not any(".pystitch-publishing" in name for name in _objects(s3))
+    assert (launch / "pipeline_info").is_dir()  # the run reports stay on the launch directory
