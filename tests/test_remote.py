@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s3fs
 import zarr
 
 from helpers import load
 from pystitch.example import blobs
-
-pytest.importorskip("moto", reason="moto[server] is in requirements (dev extras)")
-s3fs = pytest.importorskip("s3fs")
 
 VENV_BIN = Path(sys.executable).parent
 BLOCK = (16, 24, 24)
