@@ -302,6 +302,12 @@ def pin(device: str) -> None:
     log.debug("worker %d pinned to %s", os.getpid(), device)
 
 
+def worker_device(_: Any = None) -> tuple[int, str | None]:
+    """``(process id, device)`` of the process running this task: the device it
+    is pinned to (``--devices``), None when it is not pinned."""
+    return os.getpid(), _PINNED
+
+
 def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
     """Order batches so that workers taking the next one in turn each sweep a
     contiguous range: a worker's consecutive batches then read the same input
@@ -729,6 +735,8 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
             log.info("copied the in-memory image to %s for the workers (%.1f s)", plan.staged_input,
                      timings["stage_input"])
 
+        if pinned and scheduler.workers <= 1:  # one worker: this process segments, on the one device
+            runtime = {**runtime, "device": pinned[0]}
         t = time.perf_counter()
         groups = [] if finished else sweep_order(batches(todo, row), scheduler.workers)
         log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), scheduler.workers)
