@@ -63,13 +63,16 @@ def server():
     srv.start()
     requests = _Requests()
     werkzeug = logging.getLogger("werkzeug")
+    saved = werkzeug.level, werkzeug.propagate
     werkzeug.addHandler(requests)
     werkzeug.setLevel(logging.INFO)
-    werkzeug.propagate = False
+    werkzeug.propagate = False  # the access log is counted here, not shown
     try:
         yield f"http://127.0.0.1:{port}", requests
     finally:
         werkzeug.removeHandler(requests)
+        werkzeug.setLevel(saved[0])
+        werkzeug.propagate = saved[1]
         srv.stop()
 
 
