@@ -15,6 +15,7 @@
 include { PYSTITCH                } from './workflows/pystitch'
 include { PIPELINE_INITIALISATION } from './subworkflows/local/utils_pystitch'
 include { PIPELINE_COMPLETION     } from './subworkflows/local/utils_pystitch'
+include { isUrl                   } from './subworkflows/local/utils_pystitch'
 
 workflow {
 
@@ -31,7 +32,7 @@ workflow {
 
     workflow.onComplete = {
         if (workflow.success) {
-            log.info("pystitch: done. Label images and reports are in ${file(params.outdir)}/<sample>/ " +
+            log.info("pystitch: done. Label images and reports are in ${isUrl(params.outdir) ? params.outdir : file(params.outdir)}/<sample>/ " +
                 "(labels.zarr, labels_report/).")
         } else if (workflow.errorMessage) {
             log.info("pystitch: failed. Fix the error above, then run the same command with -resume: finished tasks are not run again.")

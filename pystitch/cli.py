@@ -403,6 +403,9 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
         logging.getLogger("pystitch").setLevel(logging.DEBUG)
+    if level != "DEBUG":  # "Found credentials in environment variables", at every URL opened
+        for name in ("botocore.credentials", "aiobotocore.credentials"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -428,7 +431,10 @@ def _dispatch(command: str, argv: list[str], prog: str) -> int:
         print(f"{prog}: {exc} See {prog} --help.", file=sys.stderr)
         return 2
     try:
-        COMMANDS[command](options)
+        from .storage import remote
+
+        with remote.using(options.get("storage_options")):  # every URL a step opens
+            COMMANDS[command](options)
     except PystitchError as exc:
         if os.environ.get("PYSTITCH_DEBUG"):
             raise

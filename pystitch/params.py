@@ -216,6 +216,20 @@ PARAMS: tuple[Param, ...] = (
        commands=PLAN_AND_RUN + ("finalize",), group="output", nextflow=False),
     _p("keep_work", "bool", "keep the work directory after success", default=False, commands=("run",),
        group="output", nextflow=False),
+    # ---- object storage and devices
+    _p("storage_options", "text", "options of every s3:// URL (input, output, report, store dir) as a JSON "
+       "object of s3fs keyword arguments, e.g. {\"endpoint_url\": \"https://minio.example.org\"}; credentials "
+       "come from the AWS environment (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws); default: the JSON in "
+       "PYSTITCH_STORAGE_OPTIONS", commands=("run", "plan-blocks", "segment-block", "face-pairs", "resolve",
+                                             "apply-lut", "finalize"), group="running", metavar="JSON",
+       help_text="Every step opens the URLs with them; AWS_ENDPOINT_URL names an S3-compatible endpoint as well. "
+       "Keep credentials out of them (they would be in the tasks' scripts): use the AWS environment or profiles."),
+    _p("store_dir", "str", "where the big stores go (staging labels, lut, the output being written): a path "
+       "or an s3:// URL (default: the work directory; for an s3:// output, <output stem>_work beside it)",
+       commands=PLAN_AND_RUN, group="output", nextflow=False),
+    _p("devices", "text", "one worker per device, each pinned to it for its whole life (the model loaded "
+       "once per worker): cuda:0,cuda:1,... or auto (every GPU torch sees); cellpose", commands=("run",),
+       group="running", nextflow=False, metavar="cuda:0,cuda:1|auto"),
     # ---- blocks
     _p("block_shape", "shape", "block core in voxels, one value or one per axis (e.g. 64,256,256); also the "
        "output chunks. auto (cellpose): the largest block whose segmentation fits --memory-gb",
@@ -369,23 +383,27 @@ PARAMS: tuple[Param, ...] = (
     _p("skip_below", "float", "blocks whose maximum is at or below this intensity are empty (default: the low "
        "normalisation bound)", backend="cellpose", commands=PLAN_AND_RUN, group="cellpose backend"),
     # ---- the pipeline's own
-    _p("input", "str", "an image (zarr, OME-Zarr, TIFF), a samplesheet *.csv (columns sample,image and "
-       "optionally array_path,level,channel) or example (the built-in test image)", commands=(PIPELINE,),
+    _p("input", "str", "an image (zarr, OME-Zarr, TIFF; zarr and OME-Zarr also at an s3:// URL), a samplesheet "
+       "*.csv (columns sample,image and optionally array_path,level,channel) or example (the built-in test image)",
+       commands=(PIPELINE,),
        group="input", required=True, path_format="path"),
-    _p("outdir", "str", "output folder: <outdir>/<sample>/labels.zarr and its report", default="results",
+    _p("outdir", "str", "output folder or s3:// URL: <outdir>/<sample>/labels.zarr and its report",
+       default="results",
        commands=(PIPELINE,), group="output", path_format="directory-path"),
     _p("blocks_per_task", "int", "blocks segmented, paired and relabelled by one task", default=64,
        commands=(PIPELINE,), group="running", minimum=1),
     _p("backend_args", "str", "more plan-blocks arguments, passed as they are", commands=(PIPELINE,),
        group="segmentation"),
-    _p("staging_dir", "str", "shared folder for the big intermediate stores (default: pystitch-staging/ in the "
-       "work directory)", commands=(PIPELINE,), group="running", path_format="directory-path"),
+    _p("staging_dir", "str", "shared folder or s3:// URL for the big intermediate stores (default: "
+       "pystitch-staging/ in the work directory)", commands=(PIPELINE,), group="running",
+       path_format="directory-path"),
     _p("publish_dir_mode", "str", "how results are published from the work directory to --outdir",
        default="link", choices=("link", "copy", "copyNoFollow", "symlink", "rellink", "move"),
        commands=(PIPELINE,), group="output",
        help_text="link: hard links, file by file (no data copied; the results outlive the work directory; "
-       "--outdir on the work directory's filesystem). copy: another filesystem or an object store. "
-       "symlink, rellink: links into the work directory. move: breaks -resume."),
+       "--outdir on the work directory's filesystem). copy: another filesystem. symlink, rellink: links into "
+       "the work directory. move: breaks -resume. An s3:// --outdir is written by the finalize step itself "
+       "(Nextflow would need its nf-amazon plugin): this mode is then not used."),
     _p("trace_report_suffix", "str", "suffix of the run reports in <outdir>/pipeline_info (default: the start "
        "time)", commands=(PIPELINE,), group="output"),
     _p("help", "bool", "show the parameters and exit", default=False, commands=(PIPELINE,), group="running"),
@@ -495,7 +513,7 @@ _SCHEMA_GROUPS = {
     "example": ("Example", "The built-in test image."),
 }
 #: which steps of the pipeline receive a parameter given to the pipeline
-_PIPELINE_STEPS = {"plan-blocks": "plan-blocks", "finalize": "finalize", "segment-block": "segment-block"}
+_PIPELINE_STEPS = {step: step for step in ("plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut", "finalize")}
 
 
 def _schema_type(p: Param) -> dict[str, Any]:

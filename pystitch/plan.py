@@ -26,6 +26,7 @@ from .grid import BlockGrid
 from .storage.files import LOCK_NAME, atomic_write_json, read_json, remove_path
 from .storage.images import ImageSpec
 from .storage.labels import NGFF_VERSIONS, OUTPUT_FORMATS, LabelLayout
+from .storage.remote import is_remote, is_url, join, name, parent
 
 PLAN_FORMAT = 1
 RULES = ("exact", "match", "none")
@@ -37,7 +38,7 @@ LABEL_DTYPES = ("auto", "uint16", "uint32", "uint64")
 #: left split from 0.3 up (tests/test_match.py).
 DEFAULT_MIN_IOU = 0.2
 #: plan fields that say where files go, not what is computed (not hashed)
-LOCATION_FIELDS = ("work_dir", "output", "report_dir")
+LOCATION_FIELDS = ("work_dir", "output", "report_dir", "store_dir")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Plan:
     translation: tuple[float, ...] | None = None
     #: apply-lut also measures the image's intensity per object (regions table)
     intensity_stats: bool = False
+    #: where the big stores go (staging labels, lut, the output being written): a path or an s3:// URL;
+    #: None: the work directory
+    store_dir: str | None = None
 
     # ---- validation and (de)serialisation
 
@@ -122,6 +126,7 @@ class Plan:
             # only when set, so that plans without them keep their hash
             **({"translation": list(self.translation)} if self.translation else {}),
             **({"intensity_stats": True} if self.intensity_stats else {}),
+            **({"store_dir": self.store_dir} if self.store_dir else {}),
         }
 
     @classmethod
@@ -200,8 +205,13 @@ class Plan:
         return Path(self.work_dir) / "plan.json"
 
     @property
+    def stores(self) -> str:
+        """Where the big stores are: ``store_dir``, else the work directory."""
+        return self.store_dir or self.work_dir
+
+    @property
     def staging_uri(self) -> str:
-        return str(Path(self.work_dir) / "staging.zarr")
+        return join(self.stores, "staging.zarr")
 
     @property
     def manifest_dir(self) -> Path:
@@ -213,7 +223,7 @@ class Plan:
 
     @property
     def lut_uri(self) -> str:
-        return str(Path(self.work_dir) / "lut.zarr")
+        return join(self.stores, "lut.zarr")
 
     @property
     def stats_dir(self) -> Path:
@@ -221,7 +231,7 @@ class Plan:
 
     @property
     def partial_output(self) -> str:
-        return str(Path(self.work_dir) / "output.partial.zarr")
+        return join(self.stores, "output.partial.zarr")
 
     @property
     def report_staging(self) -> Path:
@@ -242,8 +252,9 @@ class Plan:
         return owned_paths(self.work_dir)
 
     def clean_work_dir(self, finished: bool = False) -> None:
-        """Remove what pystitch wrote into the work directory (see :func:`clean_work_dir`)."""
-        clean_work_dir(self.work_dir, finished)
+        """Remove what pystitch wrote into the work directory and the store
+        directory (see :func:`clean_work_dir`)."""
+        clean_work_dir(self.work_dir, finished, store_dir=self.store_dir)
 
     # ---- geometry
 
@@ -290,13 +301,26 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
             wd / "output-id.json", wd / "report.partial", wd / "input.zarr"]
 
 
-def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False) -> None:
-    """Remove what pystitch wrote into the work directory.  When the run is
+#: the big stores pystitch writes into a store directory
+STORE_NAMES = ("staging.zarr", "lut.zarr", "lut.zarr.incomplete", "output.partial.zarr")
+
+
+def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False, store_dir: str | None = None) -> None:
+    """Remove what pystitch wrote into the work directory (and into
+    ``store_dir``, when the big stores live elsewhere).  When the run is
     ``finished``, also its lock file and the directory itself when nothing
     else is in it (a run in progress keeps its lock file: removing a locked
     file would let a second run lock a new one)."""
     for path in owned_paths(work_dir):
         remove_path(path)
+    if store_dir and store_dir != os.fspath(work_dir):
+        for store in STORE_NAMES:
+            remove_path(join(store_dir, store))
+        if finished and not is_url(store_dir):
+            try:
+                Path(store_dir).rmdir()
+            except OSError:
+                pass
     if finished:
         (Path(work_dir) / LOCK_NAME).unlink(missing_ok=True)
         try:
@@ -317,9 +341,8 @@ def run_stem(image: str, output: str) -> str:
     """The stem the default work and report directories are named after: the
     output's, or for labels inside an OME-Zarr image (``<image>/labels/<name>``)
     ``<image stem>_<name>``, next to the image rather than inside it."""
-    out = Path(output)
-    if out.parent.name == "labels" and str(out.parent.parent) == image.rstrip("/"):
-        return f"{output_stem(image)}_{out.name}"
+    if name(parent(output)) == "labels" and parent(parent(output)) == image.rstrip("/"):
+        return f"{output_stem(image)}_{name(output)}"
     return output
 
 
@@ -328,4 +351,15 @@ def default_report_dir(output: str) -> str:
 
 
 def default_work_dir(output: str) -> str:
+    """``<output stem>_work`` beside the output; for an output at a URL, in the
+    current directory (the work directory's small files stay on a filesystem)."""
+    if is_url(output):
+        return str(Path.cwd() / f"{name(output_stem(output))}_work")
     return f"{output_stem(output)}_work"
+
+
+def default_store_dir(output: str) -> str | None:
+    """Where the big stores go by default: the work directory, or for an output
+    at a URL ``<output stem>_work`` beside it (one object store: publishing is
+    a copy by the server)."""
+    return f"{output_stem(output)}_work" if is_remote(output) else None

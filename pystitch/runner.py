@@ -19,6 +19,7 @@ import logging.handlers
 import math
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
@@ -30,10 +31,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import params
-from .errors import InputError
+from .errors import DeviceError, InputError
 from .grid import batches
 from .manifests import digest, read_manifests
-from .plan import Plan, clean_work_dir, default_work_dir, run_stem
+from .plan import Plan, clean_work_dir, default_store_dir, default_work_dir, run_stem
 from .progress import Progress, format_duration, reporting, set_sink, stderr_is_terminal
 from .steps.apply_lut import apply_lut, stats_name
 from .steps.face_pairs import face_pairs, pairs_name
@@ -43,6 +44,7 @@ from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
 from .storage.files import DirectoryLock, read_json, read_npz
 from .storage.images import ImageSpec, absolute_uri, cache_capacity
+from .storage import remote
 from .storage.labels import is_published
 from .storage.memory import fingerprint, is_array_input, local_zarr_location, register_staged, registered, stage
 
@@ -59,9 +61,13 @@ BATCH_SIZE = 32
 #: worker it lives as long as the pool, i.e. one run; in the calling process the
 #: runner empties it when a run ends.
 _SEGMENTERS: dict[tuple, BlockSegmenter] = {}
+#: the device this worker process is pinned to for its whole life (``--devices``); None: not pinned
+_PINNED: str | None = None
 
 
 def _segmenter(plan_path: str, runtime: dict) -> BlockSegmenter:
+    if _PINNED is not None:
+        runtime = {**runtime, "device": _PINNED}
     plan = Plan.load(plan_path)
     key = (plan.hash, tuple(sorted(runtime.items())))
     seg = _SEGMENTERS.get(key)
@@ -113,6 +119,8 @@ class Scheduler:
         self._current: Progress | None = None
         #: staged copies of in-memory inputs (uri -> path) the workers read
         self.inputs: dict[str, str] = {}
+        #: devices the workers are pinned to, in turn (``--devices``); None: none
+        self.devices: list[str] | None = None
 
     def __enter__(self) -> "Scheduler":
         return self
@@ -150,8 +158,14 @@ class Scheduler:
             self._listener = threading.Thread(target=self._listen, name="pystitch-worker-logs", daemon=True)
             self._listener.start()
             levels = (logging.getLogger().getEffectiveLevel(), logging.getLogger("pystitch").getEffectiveLevel())
+            devices = None
+            if self.devices:  # worker i takes device i (in turn): each worker is started once for the pool's life
+                devices = ctx.Queue()
+                for i in range(self.workers):
+                    devices.put(self.devices[i % len(self.devices)])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
-                                             initargs=(self._queue, levels, dict(self.inputs), self.workers))
+                                             initargs=(self._queue, levels, dict(self.inputs), self.workers,
+                                                       remote.storage_options(), devices, remote.aws_environment()))
         return self._pool
 
     def _stop_pool(self) -> None:
@@ -251,10 +265,13 @@ def _main_module_hidden() -> Iterator[None]:
             main.__dict__.update(saved)
 
 
-def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], workers: int) -> None:
+def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], workers: int,
+                 storage: dict | None = None, devices: Any = None, aws: dict | None = None) -> None:
     """A worker process: its log records and progress reports go to the parent;
-    it reads in-memory inputs from their staged copies; its numeric libraries
-    share the cores with the other workers (unless the environment says)."""
+    it reads in-memory inputs from their staged copies and URLs with the
+    parent's storage options; its numeric libraries share the cores with the
+    other workers (unless the environment says); with ``devices`` it takes
+    one and keeps it for its whole life (:func:`pin`)."""
     threads = str(max(1, usable_cores() // max(1, workers)))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, threads)
@@ -266,6 +283,30 @@ def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], wo
     root.setLevel(levels[0])
     logging.getLogger("pystitch").setLevel(levels[1])
     set_sink(lambda step, blocks: queue.put((step, blocks)))
+    remote.set_storage_options(storage)
+    os.environ.update(aws or {})  # the parent's credentials now (a fork server keeps those it started with)
+    if devices is not None:
+        pin(devices.get(timeout=60))
+
+
+def pin(device: str) -> None:
+    """Pin this worker process to ``device`` for its whole life: every block it
+    segments runs there (its backend is opened once, with that device), and a
+    CUDA device becomes torch's current device, so nothing of this process
+    lands on another GPU."""
+    global _PINNED
+    _PINNED = device
+    if device.startswith("cuda:"):
+        import torch  # only for a model backend, which imports it in this worker anyway
+
+        torch.cuda.set_device(int(device.split(":")[1]))
+    log.debug("worker %d pinned to %s", os.getpid(), device)
+
+
+def worker_device(_: Any = None) -> tuple[int, str | None]:
+    """``(process id, device)`` of the process running this task: the device it
+    is pinned to (``--devices``), None when it is not pinned."""
+    return os.getpid(), _PINNED
 
 
 def sweep_order(groups: list[list[int]], workers: int) -> list[list[int]]:
@@ -394,12 +435,68 @@ def _gpu_memory(plan: Plan, device: str | None) -> int | None:
     return int(torch.cuda.get_device_properties(index).total_memory)
 
 
-def choose_workers(requested: Any, plan: Plan, tasks: int, device: str | None = None) -> tuple[int, str]:
+_DEVICE_LIST = re.compile(r"cuda:\d+")
+
+
+def _cuda_devices() -> int:
+    """How many CUDA devices torch sees (0 without torch)."""
+    try:
+        import torch  # only when --devices is given: a model backend's workers import it anyway
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def resolve_devices(devices: Any, plan: Plan, device: str | None = None,
+                    allow_cpu_fallback: bool | None = None) -> list[str] | None:
+    """The devices of ``--devices``: ``cuda:0,cuda:1,...`` or ``auto`` (every GPU
+    torch sees), checked against what torch sees before any block.  None:
+    no device list (one device per run, ``--device``)."""
+    if devices is None or (isinstance(devices, str) and not devices.strip()):
+        return None
+    if plan.backend.get("name") != "cellpose":
+        raise InputError(f"Expected --devices only with a backend that runs a model on a device (cellpose). Got "
+                         f"--backend {plan.backend.get('name')} instead.")
+    if device is not None:
+        raise InputError(f"Expected --device or --devices, not both. Got --device {device} and --devices {devices}.")
+    found = _cuda_devices()
+    if isinstance(devices, str) and devices.strip().lower() == "auto":
+        wanted = [f"cuda:{i}" for i in range(found)]
+        problem = None if found else "torch sees no CUDA device"
+    else:
+        items = [t.lower() for t in re.split(r"[,\s]+", devices.strip()) if t] if isinstance(devices, str) \
+            else [str(t).lower() for t in devices]
+        bad = [t for t in items if not _DEVICE_LIST.fullmatch(t)]
+        if bad or not items:
+            raise InputError(f"Expected --devices as cuda:0,cuda:1,... or auto. Got {devices!r} instead.")
+        if len(set(items)) != len(items):
+            raise InputError(f"Expected each device once in --devices. Got {devices!r} instead.")
+        wanted = items
+        missing = [t for t in items if int(t.split(":")[1]) >= found]
+        problem = f"{', '.join(missing)} not among the {found} CUDA device(s) torch sees" if missing else None
+    if problem is None:
+        return wanted
+    message = f"Expected the devices of --devices {devices} to be available. Got: {problem}."
+    if allow_cpu_fallback:
+        log.warning("%s Running on the CPU instead.", message)
+        return None
+    raise DeviceError(message + " Use --devices with the GPUs this node has, or --device cpu.")
+
+
+def choose_workers(requested: Any, plan: Plan, tasks: int, device: str | None = None,
+                   devices: Sequence[str] | None = None) -> tuple[int, str]:
     """The number of worker processes, and why.  ``auto``: the cores this
     process may use, no more than the available memory holds at the
     backend's memory per worker (its model for blocks of this plan plus the
     image's chunk cache) and, for a model on a GPU, the GPU's memory; never
-    more than there are tasks."""
+    more than there are tasks.  With ``devices``: one worker per device
+    (``auto``), or the given count taking the devices in turn."""
+    if devices:
+        if requested != "auto":
+            return int(requested), f"given; pinned to {', '.join(devices)} in turn"
+        n = max(1, min(len(devices), tasks))
+        return n, f"auto: one per device of {', '.join(devices)}" + (f", {tasks} task(s)" if tasks < len(devices)
+                                                                       else "")
     if requested != "auto":
         return int(requested), "given"
     cores = usable_cores()
@@ -553,13 +650,20 @@ True
     ``overwrite``.  None: the labels are returned in memory."""})
 
 
-def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
+def _run(image: Any, output: Any, *, storage_options: Any = None, **options: Any) -> dict:
+    """A run with ``storage_options`` for every URL it opens (this process and its workers)."""
+    with remote.using(storage_options):
+        return _run_local(image, output, **options)
+
+
+def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
          min_iou: float | None, label_dtype: str, work_dir: Any, report_dir: Any, overwrite: bool, keep_work: bool,
          workers: Any, skip_empty: bool | None, stats_level: int | None, progress: bool, array_path: str | None,
          level: int | None, channel: Any, channel_axis: int | None, timepoint: int | None, output_format: str,
          ngff_version: str | None, pyramid_levels: int | None, pictures: bool, grid: bool, device: str | None,
          allow_cpu_fallback: bool | None, memory_gb: float | None, backend_options: dict,
-         intensity_stats: bool = False, batch_size: int = BATCH_SIZE, **input_options: Any) -> dict:
+         intensity_stats: bool = False, batch_size: int = BATCH_SIZE, store_dir: Any = None, devices: Any = None,
+         **input_options: Any) -> dict:
     started = time.perf_counter()
     in_memory = None
     if isinstance(image, ImageSpec):
@@ -572,7 +676,8 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
                                             "timepoint": timepoint})
     output = absolute_uri(output)
     wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
-    check_run_locations(spec.uri, output, wd, report_dir)
+    sd = absolute_uri(store_dir) if store_dir else default_store_dir(run_stem(spec.uri, output))
+    check_run_locations(spec.uri, output, wd, report_dir, sd)
     timings: dict[str, float] = {}
     # one run per work directory: a second one fails at once, naming this one
     with ExitStack() as stack:
@@ -591,14 +696,14 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
                 # an in-memory image is scanned by this process, which holds it
                 map_tasks=scheduler.map_tasks("scan") if in_memory is None else None,
                 backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
-                pyramid_levels=pyramid_levels, memory_gb=memory_gb, intensity_stats=intensity_stats)
+                pyramid_levels=pyramid_levels, memory_gb=memory_gb, intensity_stats=intensity_stats, store_dir=sd)
         except AlreadyDone as done:
-            summary_path = Path(done.report_dir) / "summary.json"
-            if summary_path.exists():
+            summary = _read_summary(done.report_dir)
+            if summary is not None:
                 log.info("%s already holds the finished labels of this run: nothing to do", done.output)
                 if not keep_work:  # what a run killed while cleaning up left
-                    clean_work_dir(wd, finished=True)
-                return read_json(summary_path, "summary")
+                    clean_work_dir(wd, finished=True, store_dir=sd)
+                return summary
             raise
         plan_path = str(plan.plan_path)
         timings["plan"] = time.perf_counter() - t
@@ -610,11 +715,17 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
         runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                    if v is not None}
         tasks = 0 if finished else max(len(batches(todo, row)), len(batches(todo, batch_size)))  # busiest step
+        pinned = None if finished else resolve_devices(devices, plan, device, allow_cpu_fallback)
         n_workers, why = choose_workers(workers, plan, tasks, device)
         log.info("%d worker process%s (%s)", n_workers, "" if n_workers == 1 else "es", why)
         scheduler.resize(n_workers)
         if n_workers > 1 and todo:  # face-pairs and apply-lut: a batch for every worker at least
             batch_size = max(1, min(batch_size, -(-len(todo) // n_workers)))
+        if pinned:  # the segment step: one worker per device, pinned for its life; the CPU steps after it
+            n_segment, why_segment = choose_workers(workers, plan, len(batches(todo, row)), device, pinned)
+            log.info("segment: %d worker process%s (%s)", n_segment, "" if n_segment == 1 else "es", why_segment)
+            scheduler.resize(n_segment)
+            scheduler.devices = pinned
         if in_memory is not None and n_workers > 1 and todo and not finished:
             t = time.perf_counter()
             scheduler.close_pool()  # workers started from now on know where the copy is
@@ -625,13 +736,19 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
             log.info("copied the in-memory image to %s for the workers (%.1f s)", plan.staged_input,
                      timings["stage_input"])
 
+        if pinned and scheduler.workers <= 1:  # one worker: this process segments, on the one device
+            runtime = {**runtime, "device": pinned[0]}
         t = time.perf_counter()
-        groups = [] if finished else sweep_order(batches(todo, row), n_workers)
-        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), n_workers)
+        groups = [] if finished else sweep_order(batches(todo, row), scheduler.workers)
+        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), scheduler.workers)
         for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment",
                                sizes=[len(g) for g in groups]):
             pass
         timings["segment"] = time.perf_counter() - t
+        if pinned:
+            scheduler.close_pool()
+            scheduler.devices = None
+            scheduler.resize(n_workers)
 
         if not finished:
             log.info("stage face-pairs")
@@ -660,6 +777,17 @@ def _run(image: Any, output: Any, *, block_shape: Any, halo: Any, backend: str, 
     log.info("done in %s: %d objects in %s (report: %s)", format_duration(elapsed), summary["objects"],
              summary["output"], summary["report_dir"])
     return summary
+
+
+def _read_summary(report_dir: str) -> dict | None:
+    """The summary.json of a finished run's report (a path or a URL); None when there is none."""
+    if remote.is_remote(report_dir):
+        import json
+
+        data = remote.read_bytes(remote.join(report_dir, "summary.json"))
+        return json.loads(data) if data is not None else None
+    path = Path(report_dir) / "summary.json"
+    return read_json(path, "summary") if path.exists() else None
 
 
 def _full_regions(plan: Plan, array: Any) -> list[tuple[slice, ...]]:

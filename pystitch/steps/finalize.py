@@ -11,6 +11,7 @@ own published output and publishes the report.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,8 +27,9 @@ from ..plan import LOCATION_FIELDS, Plan
 from ..report.qc import pictures as qc_pictures, seam_qc, seam_remedy
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
 from ..report.summary import environment, trace_timings, write_reports
-from ..storage.files import DirectoryLock, atomic_write_json, read_json, remove_path, replace_tree
-from ..storage.images import open_image
+from ..storage import remote
+from ..storage.files import DirectoryLock, atomic_write_json, exists, read_json, remove_path, replace_tree
+from ..storage.images import absolute_uri, open_image
 from ..storage.labels import (
     LabelOutput, check_replaceable, is_published, mark_complete, publish, remove_partial_files,
 )
@@ -46,13 +48,18 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     ``trace``: a Nextflow trace file for per-step timings; ``qc_faces``: block
     faces sampled by the seam QC (None: all); ``grid``: draw the block grid on
     the projections; ``output``, ``report_dir``: publish there instead of at
-    the plan's paths (e.g. into a workflow task's own directory).
+    the plan's paths (e.g. into a workflow task's own directory).  Either may
+    be an ``s3://`` URL: the label image is then copied there with its root
+    metadata last and the report with its ``summary.json`` last, so neither
+    is seen before it is whole.
     """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     if output is not None or report_dir is not None:
-        plan = replace(plan, output=os.path.abspath(output) if output is not None else plan.output,
-                       report_dir=os.path.abspath(report_dir) if report_dir is not None else plan.report_dir)
+        plan = replace(plan, output=absolute_uri(output) if output is not None else plan.output,
+                       report_dir=absolute_uri(report_dir) if report_dir is not None else plan.report_dir)
+        for uri, what in ((plan.output, "output"), (plan.report_dir, "report directory")):
+            remote.check_access(uri, what)
     with DirectoryLock(plan.work_dir):
         return _finalize(plan, t0, lut=lut, stats=stats, overwrite=overwrite, extra=extra, trace=trace,
                          qc_faces=qc_faces, pictures=pictures, grid=grid, keep_partial=output is not None)
@@ -61,11 +68,11 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
 def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, extra: dict | None, trace: Any,
               qc_faces: int | None, pictures: bool, grid: bool, keep_partial: bool) -> dict:
     table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
-    output, report = Path(plan.output), Path(plan.report_dir)
+    output, report = plan.output, plan.report_dir
     published = is_published(output, plan.hash)
-    if not published and (output.exists() or output.is_symlink()):
+    if not published and exists(output):
         check_replaceable(output, overwrite)
-    if report.exists() and not _own_report(report, plan.hash):
+    if exists(report) and not _own_report(report, plan.hash):
         check_replaceable_report(report, overwrite)
     current = read_json(plan.output_id_path, "output id")
     if current.get("lut_inputs") != table.attrs.get("inputs"):
@@ -121,7 +128,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
         **(extra or {}),
     }
-    labels_uri = str(output) if published and not Path(plan.partial_output).exists() else plan.partial_output
+    labels_uri = output if published and not exists(plan.partial_output) else plan.partial_output
     if not published:
         remove_partial_files(labels_uri)  # what a killed apply-lut left: never published
     output_levels = LabelOutput.open(labels_uri, plan.label_layout(), plan.hash).levels
@@ -153,31 +160,45 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
     if not published:
         mark_complete(plan.partial_output, plan.request_digest)
     publish(plan.partial_output, plan.output, plan.label_layout(), plan.hash, overwrite, keep_partial=keep_partial)
-    if report.exists():
+    if exists(report):
         remove_path(report)
-    replace_tree(staged, report)
+    if remote.is_remote(report):  # summary.json last: the report is pystitch's once it is there
+        remote.copy_tree(str(staged), report, last=["summary.json"], marker={"plan_hash": plan.hash})
+        remove_path(staged)
+    else:
+        replace_tree(staged, report)
     log.info("wrote %d objects to %s (report in %s)", n_objects, output, report)
     return summary
 
 
-def _own_report(report: Path, plan_hash: str) -> bool:
-    """Whether ``report`` is the report of this plan (a rerun after a kill)."""
+def _summary_of(report: str) -> dict | None:
+    """The summary.json of a report directory (None: missing or unreadable)."""
     try:
-        return read_json(report / "summary.json", "summary").get("plan_hash") == plan_hash
+        if remote.is_remote(report):
+            data = remote.read_bytes(remote.join(report, "summary.json"))
+            return json.loads(data) if data is not None else None
+        return read_json(Path(report) / "summary.json", "summary")
     except Exception:  # missing or unreadable: not known to be ours
-        return False
+        return None
 
 
-def check_replaceable_report(report: Path, overwrite: bool) -> None:
+def _own_report(report: str, plan_hash: str) -> bool:
+    """Whether ``report`` is the report of this plan (a rerun after a kill), or
+    what a killed publication of it to a URL left."""
+    summary = _summary_of(report)
+    if isinstance(summary, dict):
+        return summary.get("plan_hash") == plan_hash
+    return remote.is_remote(report) and remote.publishing_marker(report) is not None
+
+
+def check_replaceable_report(report: str, overwrite: bool) -> None:
     """An existing report directory is replaced only with ``overwrite`` and only
     when pystitch wrote it (it holds pystitch's summary.json)."""
     if not overwrite:
         raise OutputExistsError(f"The report directory {report} exists. Expected a new path, or --overwrite to "
                                 "replace it.")
-    try:
-        ours = "pystitch" in read_json(report / "summary.json", "summary")
-    except Exception:
-        ours = False
+    summary = _summary_of(report)
+    ours = isinstance(summary, dict) and "pystitch" in summary
     if not ours:
         raise OutputExistsError(
             f"The report directory {report} exists and was not written by pystitch (no pystitch summary.json in "

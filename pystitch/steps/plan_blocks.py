@@ -21,8 +21,9 @@ import numpy as np
 from ..backends import Backend, make_backend
 from ..errors import InputError, OutputExistsError, PlanMismatchError, StagingError
 from ..grid import parse_shape
-from ..plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_work_dir, run_stem
-from ..storage.files import DirectoryLock, check_writable, contains, real
+from ..plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_store_dir, default_work_dir, run_stem
+from ..storage import remote
+from ..storage.files import DirectoryLock, check_writable, contains, exists, real
 from ..storage.images import ImageSource, ImageSpec, absolute_uri, is_url, open_image
 from ..storage.labels import (
     OUTPUT_FORMATS, check_replaceable, image_pyramid_factors, is_published, ngff_version_of, pyramid_factors,
@@ -74,6 +75,8 @@ def plan_blocks(
     pyramid_levels: int | None = None,
     memory_gb: float | None = None,
     intensity_stats: bool = False,
+    store_dir: str | os.PathLike | None = None,
+    storage_options: Any = None,
 ) -> Plan:
     """Plan a run: validate everything, scan the image once for the statistics
     the backend needs, create the work directory and the staging store, and
@@ -86,22 +89,28 @@ def plan_blocks(
     If the work directory already holds a plan with identical settings, that
     plan is returned unchanged (resume); a different plan there is an error
     unless ``overwrite``.
+
+    The image, ``output``, ``report_dir`` and ``store_dir`` (the big stores)
+    may be ``s3://`` URLs, opened with ``storage_options`` (s3fs's keyword
+    arguments; see :mod:`pystitch.storage.remote`); the work directory is a
+    path.
     """
-    spec = image if isinstance(image, ImageSpec) else ImageSpec(
-        uri=image, array_path=array_path, level=level, channel=channel,
-        channel_axis=channel_axis, timepoint=timepoint)
-    output = absolute_uri(output)
-    if is_url(output):
-        raise InputError(f"Expected a local output path. Got {output} instead (object stores are not supported yet).")
-    wd = absolute_uri(work_dir) if work_dir else default_work_dir(run_stem(spec.uri, output))
-    check_run_locations(spec.uri, output, wd, report_dir)
-    with DirectoryLock(wd):
-        return _plan(spec, output, wd, block_shape=block_shape, halo=halo, backend=backend, rule=rule,
-                     min_iou=min_iou, label_dtype=label_dtype, report_dir=report_dir, overwrite=overwrite,
-                     skip_empty=skip_empty, stats_level=stats_level, map_tasks=map_tasks,
-                     backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
-                     pyramid_levels=pyramid_levels, memory_gb=memory_gb,
-                     intensity_stats=intensity_stats)
+    with remote.using(storage_options):
+        spec = image if isinstance(image, ImageSpec) else ImageSpec(
+            uri=image, array_path=array_path, level=level, channel=channel,
+            channel_axis=channel_axis, timepoint=timepoint)
+        output = absolute_uri(output)
+        stem = run_stem(spec.uri, output)
+        wd = absolute_uri(work_dir) if work_dir else default_work_dir(stem)
+        sd = absolute_uri(store_dir) if store_dir else default_store_dir(stem)
+        check_run_locations(spec.uri, output, wd, report_dir, sd)
+        with DirectoryLock(wd):
+            return _plan(spec, output, wd, sd, block_shape=block_shape, halo=halo, backend=backend, rule=rule,
+                         min_iou=min_iou, label_dtype=label_dtype, report_dir=report_dir, overwrite=overwrite,
+                         skip_empty=skip_empty, stats_level=stats_level, map_tasks=map_tasks,
+                         backend_options=backend_options, output_format=output_format, ngff_version=ngff_version,
+                         pyramid_levels=pyramid_levels, memory_gb=memory_gb,
+                         intensity_stats=intensity_stats)
 
 
 class AlreadyDone(OutputExistsError):
@@ -115,7 +124,7 @@ class AlreadyDone(OutputExistsError):
         self.report_dir = report_dir
 
 
-def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
+def _plan(spec: ImageSpec, output: str, wd: str, sd: str | None, *, block_shape: Any, halo: Any, backend: str, rule: str | None,
           min_iou: float | None, label_dtype: str, report_dir: Any, overwrite: bool, skip_empty: bool | str,
           stats_level: int | None, map_tasks: TaskMap | None, backend_options: dict | None, output_format: str,
           ngff_version: str | None, pyramid_levels: int | None, memory_gb: float | None,
@@ -145,16 +154,18 @@ def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any,
         label_name, ngff, pyramid = _output_layout(source, output, block, output_format, ngff_version,
                                                    pyramid_levels)
         rd = absolute_uri(report_dir) if report_dir else default_report_dir(run_stem(spec.uri, output))
-        check_locations(spec.uri, output, wd, rd, into_image=label_name is not None)
-        for path, what in ((output, "output"), (wd, "work directory"), (rd, "report directory")):
-            check_writable(path, what)
+        check_locations(spec.uri, output, wd, rd, into_image=label_name is not None, store_dir=sd)
+        for path, what in ((output, "output"), (wd, "work directory"), (rd, "report directory"),
+                           (sd, "store directory")):
+            if path is not None:
+                check_writable(path, what)
         draft = Plan(
             image=spec, shape=source.shape, dtype=str(source.dtype), axes=source.axes,
             block_shape=block, halo=halo_t, backend={"name": be.name, **be.params()}, rule=rule,
             min_iou=DEFAULT_MIN_IOU if min_iou is None else float(min_iou), label_dtype=str(label_dtype),
             work_dir=wd, output=output, report_dir=rd, voxel_size=source.voxel_size, unit=source.unit,
             output_format=output_format, ngff_version=ngff, pyramid=tuple(pyramid), label_name=label_name,
-            translation=source.translation, intensity_stats=bool(intensity_stats),
+            translation=source.translation, intensity_stats=bool(intensity_stats), store_dir=sd,
         )
         request = {"backend": draft.backend, "scan": sorted(scan_needs(be, skip_empty)), "stats_level": stats_level}
         requested = replace(draft, stats={"requested": request})
@@ -162,16 +173,16 @@ def _plan(spec: ImageSpec, output: str, wd: str, *, block_shape: Any, halo: Any,
         old = _load_quietly(existing) if existing.exists() else None
         if old is not None and old.requested() == requested.requested():
             # resume; a finished output of this plan (killed after publishing) is recognised
-            if Path(output).exists() and not is_published(output, old.hash):
-                check_replaceable(Path(output), overwrite)
+            if exists(output) and not is_published(output, old.hash):
+                check_replaceable(output, overwrite)
             log.info("work dir %s already holds this plan (%s): resuming", wd, old.hash[:12])
             return old
-        if Path(output).exists() or Path(output).is_symlink():
+        if exists(output):
             marker = read_marker(output)
             if marker and marker.get("complete") and marker.get("request") == requested.request_digest \
                     and not overwrite:
                 raise AlreadyDone(output, rd)
-            check_replaceable(Path(output), overwrite)
+            check_replaceable(output, overwrite)
         if existing.exists():
             if not overwrite:
                 raise OutputExistsError(
@@ -211,30 +222,46 @@ def clip_to_image(block: tuple[int, ...], halo: tuple[int, ...], shape: tuple[in
     return clipped, halo
 
 
-def check_run_locations(image: str, output: str, work_dir: str, report_dir: Any) -> None:
+def check_run_locations(image: str, output: str, work_dir: str, report_dir: Any,
+                        store_dir: str | None = None) -> None:
     """:func:`check_locations` from the paths alone, before anything (even a lock)
-    is written: the work and report directories' defaults are derived here."""
+    is written: the work and report directories' defaults are derived here.
+    A URL is checked here too (scheme, credentials, endpoint, bucket; the
+    input must exist), so a bad one is one line before any work."""
+    for uri, what in ((image, "input image"), (output, "output"), (report_dir, "report directory"),
+                      (store_dir, "store directory")):
+        if uri is not None:
+            remote.check_scheme(os.fspath(uri), what)
+    if is_url(work_dir):
+        raise InputError(f"Expected a local or shared path for the work directory. Got {work_dir} instead: its small "
+                         "files (plan, manifests, pairs, statistics) are written by rename, which object stores do "
+                         "not have. Put the big stores on object storage with --store-dir.")
     rd = absolute_uri(report_dir) if report_dir else default_report_dir(run_stem(image, output))
     into_image = run_stem(image, output) != output
-    check_locations(image, output, work_dir, rd, into_image=into_image)
+    check_locations(image, output, work_dir, rd, into_image=into_image, store_dir=store_dir)
     check_writable(work_dir, "work directory")
+    remote.check_access(image, "input image", must_exist=True)
+    for uri, what in ((output, "output"), (rd, "report directory"), (store_dir, "store directory")):
+        if uri is not None:
+            remote.check_access(uri, what)
 
 
-def check_locations(image: str, output: str, work_dir: str, report_dir: str, *, into_image: bool) -> None:
-    """Input, output, work and report directories must be separate places: none
-    the same as another or inside another (so a run can never write into, or
-    --overwrite remove, what it reads).  The one exception is the labels of an
-    OME-Zarr image written inside it (``<image>/labels/<name>``)."""
+def check_locations(image: str, output: str, work_dir: str, report_dir: str, *, into_image: bool,
+                    store_dir: str | None = None) -> None:
+    """Input, output, work, report and store directories must be separate
+    places: none the same as another or inside another (so a run can never
+    write into, or --overwrite remove, what it reads).  URLs are compared by
+    bucket and key prefix.  The one exception is the labels of an OME-Zarr
+    image written inside it (``<image>/labels/<name>``)."""
     places = [("input image", image), ("output", output), ("work directory", work_dir),
-              ("report directory", report_dir)]
+              ("report directory", report_dir)] + ([("store directory", store_dir)] if store_dir else [])
     for i, (name_a, a) in enumerate(places):
         for name_b, b in places[i + 1:]:
-            if is_url(a) or is_url(b):
-                continue
             if into_image and {name_a, name_b} == {"input image", "output"}:
                 continue
             if contains(a, b) or contains(b, a):
-                same = real(a) == real(b)
+                same = (real(a) == real(b)) if not (is_url(a) or is_url(b)) else \
+                    remote.normalise(a) == remote.normalise(b)
                 inner, outer = ((name_b, b), (name_a, a)) if contains(a, b) else ((name_a, a), (name_b, b))
                 relation = "is the same path as" if same else "lies inside"
                 raise InputError(
@@ -266,8 +293,8 @@ def _output_layout(source: ImageSource, output: str, block: tuple[int, ...], out
     """(label name when writing into the input image, NGFF version, pyramid strides)."""
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"Expected an output format among {', '.join(OUTPUT_FORMATS)}. Got {output_format!r} instead.")
-    out = Path(output)
-    into_image = out.parent.name == "labels" and str(out.parent.parent) == source.spec.uri
+    into_image = remote.name(remote.parent(output)) == "labels" and \
+        remote.parent(remote.parent(output)) == source.spec.uri
     image_version = ngff_version_of(source.spec.uri) if into_image else None
     if into_image and (image_version is None or output_format != "ome-zarr" or source.spec.array_path):
         raise InputError(
@@ -289,7 +316,7 @@ def _output_layout(source: ImageSource, output: str, block: tuple[int, ...], out
             pyramid = factors  # the same levels as the image, so viewers overlay them
     if pyramid is None:
         pyramid = pyramid_factors(source.shape, block, source.voxel_size, levels)
-    return (out.name if into_image else None), version, pyramid
+    return (remote.name(output) if into_image else None), version, pyramid
 
 
 def _load_quietly(path: Path) -> "Plan | None":

@@ -34,9 +34,10 @@ from .._version import __version__
 from ..errors import InputError, LabelOverflowError, StagingError
 from ..manifests import block_label_count, check_digests, digest, piece, read_manifests, require_manifests
 from ..plan import Plan
-from ..storage.files import atomic_write_json, check_plan_hash, read_json, read_npz, step_files
+from ..storage.files import atomic_write_json, check_plan_hash, exists, read_json, read_npz, step_files
 from ..storage.labels import LabelOutput, is_published
 from ..storage.lut import LUT_CHUNK, Lut, write_lut
+from ..storage.remote import is_url
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
         "planned_empty_blocks": len(plan.empty_blocks), "dtype": dtype.name,
         "seconds": round(time.perf_counter() - t0, 4),
     }
-    atomic_write_json(Path(uri).with_name("resolve.json"), summary)
+    atomic_write_json(_summary_path(plan, uri), summary)
     log.info("resolved %d provisional ids with %d pairs into %d objects (%d merges, %s)",
              n_prov, len(rows), n_final, merges, dtype.name)
     return summary
@@ -212,14 +213,18 @@ def _already_resolved(plan: Plan, uri: str, inputs: str) -> dict | None:
         current = read_json(plan.output_id_path, "output id")
     except StagingError:
         current = None
-    partial_ok = current is not None and current.get("lut_inputs") == inputs and Path(plan.partial_output).exists()
+    partial_ok = current is not None and current.get("lut_inputs") == inputs and exists(plan.partial_output)
     if not partial_ok and not is_published(plan.output, plan.hash):
         return None
-    summary_path = Path(uri).with_name("resolve.json")
     try:
-        return read_json(summary_path, "resolve summary")
+        return read_json(_summary_path(plan, uri), "resolve summary")
     except StagingError:
         return {"plan_hash": plan.hash, "objects": lut.n_objects, "dtype": lut.dtype.name}
+
+
+def _summary_path(plan: Plan, lut_uri: str) -> Path:
+    """resolve.json: beside the lut, or in the work directory when the lut is at a URL."""
+    return Path(plan.work_dir) / "resolve.json" if is_url(lut_uri) else Path(lut_uri).with_name("resolve.json")
 
 
 def _provisional(plan: Plan, rows: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> np.ndarray:

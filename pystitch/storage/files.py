@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import PlanMismatchError, StagingError
+from . import remote
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -141,7 +142,18 @@ def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     os.replace(tmp, dst)
 
 
+def exists(path: str | os.PathLike) -> bool:
+    """Whether a path (or a dangling symlink) or anything at or below a URL exists."""
+    if remote.is_remote(path):
+        return remote.exists(os.fspath(path))
+    return Path(path).exists() or Path(path).is_symlink()
+
+
 def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a directory tree, or every object at and below a URL."""
+    if remote.is_remote(path):
+        remote.remove(os.fspath(path))
+        return
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -158,14 +170,20 @@ def real(path: str | os.PathLike) -> Path:
 
 
 def contains(outer: str | os.PathLike, inner: str | os.PathLike) -> bool:
-    """Whether ``inner`` is ``outer`` or lies inside it (symlinks resolved)."""
+    """Whether ``inner`` is ``outer`` or lies inside it (symlinks resolved; URLs:
+    the same bucket and a key prefix; a URL and a path are never nested)."""
+    if remote.is_url(outer) or remote.is_url(inner):
+        return remote.is_url(outer) and remote.is_url(inner) and remote.contains(os.fspath(outer), os.fspath(inner))
     a, b = real(outer), real(inner)
     return a == b or a in b.parents
 
 
 def check_writable(path: str | os.PathLike, what: str) -> None:
     """Refuse, before any work, a path that cannot be created: its nearest
-    existing ancestor must be a writable directory and the name not too long."""
+    existing ancestor must be a writable directory and the name not too long.
+    (A URL is checked by :func:`.remote.check_access`.)"""
+    if remote.is_url(path):
+        return
     path = Path(path)
     probe = path
     while not probe.exists():

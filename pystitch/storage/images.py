@@ -28,6 +28,7 @@ import zarr
 
 from ..errors import InputError, InputNotFoundError
 from .memory import is_memory_uri, open_memory
+from . import remote as _remote
 from . import planes as _planes
 from . import vendor as _vendor
 
@@ -42,12 +43,13 @@ _ZARR_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 
 
 def is_url(uri: str) -> bool:
-    return "://" in uri
+    return _remote.is_url(uri)
 
 
 def absolute_uri(uri: str | os.PathLike) -> str:
-    """Make a local path absolute (later steps run in other directories); keep URLs."""
-    uri = os.fspath(uri)
+    """Make a local path absolute (later steps run in other directories); keep URLs
+    (normalised: ``s3://b//x/`` is ``s3://b/x``; ``file://`` URLs are paths)."""
+    uri = _remote.normalise(os.fspath(uri))
     return uri if is_url(uri) else str(Path(uri).expanduser().resolve())
 
 
@@ -393,6 +395,7 @@ def _open_any(spec: ImageSpec) -> ImageSource:
         array = open_memory(uri)
         return _make_source(spec, array, _default_axes(array.shape, spec), None, None)
     if is_url(uri):
+        _remote.check_scheme(uri, "input image")
         return _open_zarr(spec)
     path = Path(uri)
     if not path.exists():
@@ -494,7 +497,7 @@ def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
 
 def _open_zarr(spec: ImageSpec) -> ImageSource:
     try:
-        node = zarr.open(store=spec.uri, mode="r")
+        node = zarr.open(store=spec.uri, mode="r", **_remote.zarr_kwargs(spec.uri))
     except Exception as exc:  # zarr raises several unrelated types here
         raise InputError(
             f"Could not open {spec.uri} as a zarr array or group ({type(exc).__name__}: {exc}). "

@@ -29,7 +29,8 @@ from numcodecs import Blosc
 
 from .._version import __version__
 from ..errors import InputError, OutputExistsError, StagingError
-from .files import check_plan_hash, link_tree, remove_path, replace_tree
+from . import remote
+from .files import check_plan_hash, exists, link_tree, remove_path, replace_tree
 from .zarrs import LABEL_CODEC, write_concurrently
 
 log = logging.getLogger(__name__)
@@ -198,10 +199,11 @@ class LabelOutput:
         attrs = {"pystitch": {"plan_hash": plan_hash, "version": __version__}}
         if layout.output_format == "zarr":
             arr = zarr.create_array(store=uri, shape=layout.shape, chunks=layout.block, dtype=dtype,
-                                    fill_value=0, zarr_format=3, compressors=[LABEL_CODEC], attributes=attrs)
+                                    fill_value=0, zarr_format=3, compressors=[LABEL_CODEC], attributes=attrs,
+                                    **remote.zarr_kwargs(uri))
             return cls(layout, [arr])
         fmt = 2 if layout.ngff_version == "0.4" else 3
-        group = zarr.open_group(store=uri, mode="w", zarr_format=fmt, attributes=attrs)
+        group = zarr.open_group(store=uri, mode="w", zarr_format=fmt, attributes=attrs, **remote.zarr_kwargs(uri))
         name = layout.label_name or "labels"
         levels = []
         for k, factor in enumerate(layout.pyramid):
@@ -222,7 +224,7 @@ class LabelOutput:
     @classmethod
     def open(cls, uri: str, layout: LabelLayout, plan_hash: str) -> "LabelOutput":
         try:
-            node = zarr.open(store=uri, mode="r+")
+            node = zarr.open(store=uri, mode="r+", **remote.zarr_kwargs(uri))
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise StagingError(f"The partial output {uri} is missing (run resolve first).") from exc
         meta = dict(node.attrs).get("pystitch", {})
@@ -242,15 +244,24 @@ class LabelOutput:
 
 def read_marker(uri: str | Path) -> dict | None:
     """pystitch's marker of a label image it wrote (``{"plan_hash", "version",
-    "complete", ...}``); None when ``uri`` is not a zarr store pystitch wrote."""
-    if not Path(uri).exists():
+    "complete", ...}``); None when ``uri`` is not a zarr store pystitch wrote.
+    At a URL, the leftovers of a publication that was killed (objects without
+    the root's metadata, and the publishing marker) are pystitch's too:
+    ``{"interrupted": True, ...}``."""
+    uri = str(uri)
+    if not exists(uri):
         return None
     try:
-        node = zarr.open(store=str(uri), mode="r")
+        node = zarr.open(store=uri, mode="r", **remote.zarr_kwargs(uri))
     except Exception:  # not zarr, damaged: not ours to judge
-        return None
-    marker = dict(node.attrs).get("pystitch")
-    return marker if isinstance(marker, dict) and "plan_hash" in marker else None
+        node = None
+    marker = dict(node.attrs).get("pystitch") if node is not None else None
+    if isinstance(marker, dict) and "plan_hash" in marker:
+        return marker
+    leftover = remote.publishing_marker(uri) if remote.is_remote(uri) else None
+    if leftover is not None:
+        return {"plan_hash": leftover.get("plan_hash"), "interrupted": True}
+    return None
 
 
 def is_published(uri: str | Path, plan_hash: str) -> bool:
@@ -262,7 +273,7 @@ def is_published(uri: str | Path, plan_hash: str) -> bool:
 def mark_complete(uri: str, request: str) -> None:
     """Stamp a finished label image (before it is published): the settings it
     was requested with, so that a later run with the same settings knows it."""
-    node = zarr.open(store=uri, mode="r+")
+    node = zarr.open(store=uri, mode="r+", **remote.zarr_kwargs(uri))
     marker = dict(dict(node.attrs).get("pystitch", {}))
     marker.update(complete=True, request=request)
     node.attrs["pystitch"] = marker
@@ -270,7 +281,10 @@ def mark_complete(uri: str, request: str) -> None:
 
 def remove_partial_files(uri: str | Path) -> int:
     """Delete the temporary chunk files a killed writer of this store left
-    (``<chunk>.<32 hex digits>.partial``, zarr's own naming); returns how many."""
+    (``<chunk>.<32 hex digits>.partial``, zarr's own naming); returns how many.
+    (An object store writes each chunk whole: nothing to remove there.)"""
+    if remote.is_url(str(uri)):
+        return 0
     pattern = re.compile(r".+\.[0-9a-f]{32}\.partial$")
     removed = 0
     for path in Path(uri).rglob("*.partial"):
@@ -281,33 +295,52 @@ def remove_partial_files(uri: str | Path) -> int:
 
 
 def read_level(uri: str, level: int = 0) -> zarr.Array:
-    node = zarr.open(store=uri, mode="r")
+    node = zarr.open(store=uri, mode="r", **remote.zarr_kwargs(uri))
     return node if isinstance(node, zarr.Array) else node[str(level)]
 
 
 def publish(partial: str, target: str | Path, layout: LabelLayout, plan_hash: str, overwrite: bool,
-            keep_partial: bool = False) -> Path:
+            keep_partial: bool = False) -> str:
     """Move the finished partial output to ``target`` (atomically where the
     filesystem allows) and, for labels inside an image, list them there.
     ``keep_partial``: hard-link it there instead, keeping the partial output
     (a workflow's task publishes into its own directory, and a retry of the
     task must find the partial output again).
 
+    At an ``s3://`` target, where nothing can be renamed, the partial output
+    is copied (by the server when both are in one object store) with the
+    root's metadata documents LAST (:func:`.remote.copy_tree`), then removed
+    unless ``keep_partial``: a reader sees the label image only once it is
+    whole, and a failed copy leaves nothing at the target.
+
     An existing ``target`` is replaced only with ``overwrite`` and only when
     pystitch wrote it (it carries pystitch's marker); one that already holds
     this plan's finished output is kept as it is (a rerun after a kill)."""
-    target = Path(target)
+    target = str(target)
     if is_published(target, plan_hash):
-        if Path(partial).exists() and not keep_partial:
+        if exists(partial) and not keep_partial:
             remove_path(partial)
     else:
-        if target.exists() or target.is_symlink():
+        if exists(target):
             check_replaceable(target, overwrite)
             remove_path(target)
-        (link_tree if keep_partial else replace_tree)(partial, target)
+        if remote.is_remote(target):
+            remote.copy_tree(partial, target, marker={"plan_hash": plan_hash})
+            if not keep_partial:
+                remove_path(partial)
+        elif remote.is_remote(partial):  # from an object store onto a filesystem: download, then rename
+            incoming = Path(target).with_name(f".{Path(target).name}.incoming")
+            remove_path(incoming)
+            remote.download_tree(partial, incoming)
+            replace_tree(incoming, target)
+            if not keep_partial:
+                remove_path(partial)
+        else:
+            (link_tree if keep_partial else replace_tree)(partial, target)
     if layout.label_name:
-        labels = zarr.open_group(store=str(target.parent), mode="a",
-                                 zarr_format=2 if layout.ngff_version == "0.4" else 3)
+        where = remote.parent(target)
+        labels = zarr.open_group(store=where, mode="a", zarr_format=2 if layout.ngff_version == "0.4" else 3,
+                                 **remote.zarr_kwargs(where))
         listed = list(_read_ome_attrs(labels).get("labels", []))
         if layout.label_name not in listed:
             listed.append(layout.label_name)
@@ -315,12 +348,17 @@ def publish(partial: str, target: str | Path, layout: LabelLayout, plan_hash: st
     return target
 
 
-def check_replaceable(target: Path, overwrite: bool) -> None:
+def check_replaceable(target: str | Path, overwrite: bool) -> None:
     """An existing output may be replaced only with ``overwrite`` and only when
-    pystitch wrote it: nothing pystitch did not write is ever removed."""
+    pystitch wrote it: nothing pystitch did not write is ever removed.  What
+    a killed publication left at a URL (:func:`read_marker`: interrupted) is
+    pystitch's own and always replaced."""
+    marker = read_marker(target)
+    if marker is not None and marker.get("interrupted"):
+        return
     if not overwrite:
         raise OutputExistsError(f"The output {target} exists. Expected a new path, or --overwrite to replace it.")
-    if read_marker(target) is None:
+    if marker is None:
         raise OutputExistsError(
             f"The output {target} exists and was not written by pystitch (it has no pystitch marker): it is "
             "never removed, even with --overwrite. Expected another output path, or remove it yourself."
@@ -330,7 +368,7 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
 def ngff_version_of(uri: str) -> str | None:
     """NGFF version of an OME-Zarr image (None when it is not one)."""
     try:
-        group = zarr.open_group(store=uri, mode="r")
+        group = zarr.open_group(store=uri, mode="r", **remote.zarr_kwargs(uri))
     except Exception:
         return None
     attrs = dict(group.attrs)

@@ -4,7 +4,9 @@
 (provisional id -> final id; entry 0 is background), ``offsets`` (one per
 block, plus the total: block ``b``'s local id ``k`` is provisional id
 ``offsets[b] + k``) and the resolve summary as attributes.  It is written
-under a temporary name and renamed, so it exists only when complete.
+under a temporary name and renamed, so it exists only when complete; at an
+``s3://`` URL, where nothing can be renamed, the group's attributes (the
+plan hash with them) are written LAST, and a lut without them is incomplete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import zarr
 
 from ..errors import StagingError
 from .files import check_plan_hash, remove_path
+from .remote import is_remote, remove as remove_remote, zarr_kwargs
 
 LUT_CHUNK = 1 << 18
 
@@ -26,10 +29,15 @@ def write_lut(uri: str, pieces: Iterable[np.ndarray], n_entries: int, offsets: n
     """Write a complete lut store at ``uri``: ``pieces`` are consecutive parts of
     the lut (``n_entries`` in all); ``extra`` small per-block arrays (e.g. the
     foreground voxels each block's core must hold).  Atomic: the store
-    appears only when whole."""
-    tmp = f"{uri.rstrip('/')}.incomplete"
-    remove_path(tmp)
-    group = zarr.open_group(store=tmp, mode="w", attributes={**attrs, "dtype": np.dtype(dtype).name})
+    appears only when whole (at a URL: its attributes are written last)."""
+    remote = is_remote(uri)
+    tmp = uri.rstrip("/") if remote else f"{uri.rstrip('/')}.incomplete"
+    if remote:
+        remove_remote(tmp)
+    else:
+        remove_path(tmp)
+    group = zarr.open_group(store=tmp, mode="w", **zarr_kwargs(tmp),
+                            attributes={} if remote else {**attrs, "dtype": np.dtype(dtype).name})
     lut = group.create_array(name="lut", shape=(n_entries,), chunks=(LUT_CHUNK,), dtype=dtype, fill_value=0)
     pos = 0
     for piece in pieces:
@@ -40,6 +48,9 @@ def write_lut(uri: str, pieces: Iterable[np.ndarray], n_entries: int, offsets: n
     for name, values in (extra or {}).items():
         group.create_array(name=name, shape=values.shape, chunks=(max(1, len(values)),), dtype=values.dtype,
                            fill_value=0)[:] = values
+    if remote:
+        group.attrs.update({**attrs, "dtype": np.dtype(dtype).name})
+        return
     remove_path(uri)
     os.replace(tmp, uri)
 
@@ -61,7 +72,9 @@ class Lut:
     @classmethod
     def open(cls, uri: str, plan_hash: str) -> "Lut":
         try:
-            group = zarr.open_group(store=uri, mode="r")
+            group = zarr.open_group(store=uri, mode="r", **zarr_kwargs(uri))
+            if "plan_hash" not in group.attrs:  # written last: the lut is being written, or its writer died
+                raise KeyError("plan_hash")
             check_plan_hash(group.attrs.get("plan_hash"), plan_hash, uri)
             group["lut"], group["offsets"], group.attrs["dtype"]
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:

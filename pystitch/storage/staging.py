@@ -1,7 +1,8 @@
 """The staging store: every block's local labels, before stitching.
 
-Layout of ``<work_dir>/staging.zarr`` (a zarr v3 group stamped with the plan
-hash):
+Layout of ``<store dir>/staging.zarr`` (a zarr v3 group stamped with the plan
+hash; the store dir is the work directory unless ``--store-dir`` names
+another place, e.g. an ``s3://`` URL):
 
 ``core``
     uint32 labels, image shape, chunks = block core: every block writes its
@@ -33,6 +34,7 @@ import zarr
 from ..errors import StagingError
 from ..grid import SIDES, BlockGrid, Region, SlabKey
 from .files import check_plan_hash
+from .remote import zarr_kwargs
 from .zarrs import create_group_array, read_concurrently, write_concurrently
 
 STAGING_DTYPE = np.uint32
@@ -46,7 +48,7 @@ def slab_name(axis: int, side: str) -> str:
 
 def create_staging(uri: str, grid: BlockGrid, plan_hash: str) -> None:
     """Create an empty staging store for ``grid`` (replacing what ``uri`` held)."""
-    group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash})
+    group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash}, **zarr_kwargs(uri))
     create_group_array(group, "core", grid.shape, grid.block, STAGING_DTYPE, checksum=True)
     for axis in grid.split_axes():
         for side in SIDES:
@@ -68,7 +70,7 @@ class Staging:
         self.uri = uri
         self.grid = grid
         try:
-            self.group = zarr.open_group(store=uri, mode="r+" if mode != "r" else "r")
+            self.group = zarr.open_group(store=uri, mode="r+" if mode != "r" else "r", **zarr_kwargs(uri))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StagingError(f"Staging store not found: {uri} (run plan-blocks first).") from exc
         check_plan_hash(self.group.attrs.get("plan_hash"), plan_hash, uri)

@@ -23,16 +23,34 @@ process FINALIZE {
     script:
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('finalize'), task.ext.args ].findAll { a -> a }.join(' ')
-    """
-    mkdir -p ${meta.id}
-    pystitch finalize \\
-        ${plan} \\
-        --lut ${lut} \\
-        --stats stats \\
-        --output ${meta.id}/labels.zarr \\
-        --report-dir ${meta.id}/labels_report \\
-        ${args}
-    """
+    def outdir = params.outdir.toString().replaceAll('/+$', '')
+    if (outdir ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/) {
+        // an object-store --outdir: finalize publishes there itself (root metadata and summary.json last);
+        // the task keeps the label image's URL and a copy of the summary
+        """
+        mkdir -p ${meta.id}/labels_report
+        pystitch finalize \\
+            ${plan} \\
+            --lut ${lut} \\
+            --stats stats \\
+            --output '${outdir}/${meta.id}/labels.zarr' \\
+            --report-dir '${outdir}/${meta.id}/labels_report' \\
+            ${args} > published.txt
+        head -n 1 published.txt > ${meta.id}/labels.zarr
+        python3 -m pystitch.storage.remote cat '${outdir}/${meta.id}/labels_report/summary.json' > ${meta.id}/labels_report/summary.json
+        """
+    } else {
+        """
+        mkdir -p ${meta.id}
+        pystitch finalize \\
+            ${plan} \\
+            --lut ${lut} \\
+            --stats stats \\
+            --output ${meta.id}/labels.zarr \\
+            --report-dir ${meta.id}/labels_report \\
+            ${args}
+        """
+    }
 
     stub:
     """

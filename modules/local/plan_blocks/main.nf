@@ -28,12 +28,17 @@ process PLAN_BLOCKS {
     script:
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('plan-blocks'), task.ext.args ].findAll { a -> a }.join(' ')
+    // an image at a URL (meta.image_url; `image` is then a placeholder) and a staging URL are pystitch's to read and write
+    def source = meta.image_url ?: (meta.glob ? "${image}/${meta.glob}" : "${image}")
+    def remoteStaging = params.staging_dir && params.staging_dir.toString() ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/
+    def stores = remoteStaging ? "--store-dir '${params.staging_dir.toString().replaceAll('/+$', '')}/${work_dir.toString().tokenize('/').last()}'" : ''
     """
     plan=\$(
         plan-blocks \\
-            "${meta.glob ? "${image}/${meta.glob}" : image}" \\
+            "${source}" \\
             labels.zarr \\
             --work-dir "${work_dir}" \\
+            ${stores} \\
             --workers ${task.cpus} \\
             ${args} \\
         | tail -n 1

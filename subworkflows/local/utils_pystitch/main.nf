@@ -95,13 +95,19 @@ def checkValue(String label, spec, value) {
         problem = "${label} must be greater than ${spec.exclusiveMinimum}. Got ${shown}."
     } else if (spec.exclusiveMaximum != null && converted >= spec.exclusiveMaximum) {
         problem = "${label} must be less than ${spec.exclusiveMaximum}. Got ${shown}."
-    } else if (spec.exists && !file(converted.toString()).exists()) {
+    } else if (spec.exists && !isUrl(converted) && !file(converted.toString()).exists()) {
         problem = "${label} ${shown}: no such file or directory (${file(converted.toString())})."
     }
     if (problem && spec.errorMessage) {
         problem = "${label} ${shown}: ${spec.errorMessage}."
     }
     return [ problem, problem ? null : converted ]
+}
+
+// an object-store URL (s3://bucket/key): pystitch reads and writes it; Nextflow
+// (without its nf-amazon plugin, which an offline install does not have) never touches it
+def isUrl(value) {
+    return value != null && value.toString() ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/
 }
 
 // `block-shape`, `blockShape`, `block_shape` -> `blockshape`
@@ -364,6 +370,10 @@ def imagesFromInput(String input, values, inputSchema) {
     if (input == 'example') {
         return [ [ 'example', null, values ] ]
     }
+    if (isUrl(input)) {
+        // read by pystitch itself (zarr's fsspec stores): Nextflow never stages it
+        return [ [ imageId(input.replaceAll('/+$', '').tokenize('/').last()), input, values ] ]
+    }
     if (isGlob(input)) {
         // TIFF planes are read where they are: the folder is the task input, meta.glob the file names in it
         if (!files(input)) {
@@ -399,7 +409,8 @@ workflow PIPELINE_INITIALISATION {
     def entries = imagesFromInput(values.input.toString(), values, readJson("${projectDir}/assets/schema_input.json"))
 
     // an existing result is kept unless --overwrite (or -resume, which publishes only what is missing)
-    if (!workflow.resume && !values.overwrite) {
+    // (at a URL, FINALIZE refuses an existing output itself: Nextflow cannot look there)
+    if (!workflow.resume && !values.overwrite && !isUrl(values.outdir)) {
         def existing = entries.collect { entry -> file("${values.outdir}/${entry[0]}/labels.zarr") }.findAll { path -> path.exists() }
         if (existing) {
             error("${existing.join(', ')} exists. Choose another --outdir, add --overwrite true to replace it, or -resume the run that wrote it.")
@@ -407,12 +418,16 @@ workflow PIPELINE_INITIALISATION {
     }
 
     // the big stores: not in a task directory (every step writes to them); created here so containers can mount it
-    def staging = values.staging_dir ? file(values.staging_dir.toString()) : workflow.workDir.resolve('pystitch-staging')
+    // (at a URL: the big stores go there, the plans' small files to <work dir>/pystitch-staging)
+    def staging = values.staging_dir && !isUrl(values.staging_dir) ? file(values.staging_dir.toString()) : workflow.workDir.resolve('pystitch-staging')
     staging.mkdirs()
 
     images = channel.fromList(entries.findAll { entry -> entry[1] != null })
         .map { id, image, image_values ->
-            [ [ id: id, args: allStepArguments(props, image_values) ] + (image_values.glob ? [ glob: image_values.glob ] : [:]), image ]
+            // an image at a URL travels in meta.image_url; the task's path input is then a placeholder file
+            def remote = isUrl(image) ? [ image_url: image.toString() ] : [:]
+            [ [ id: id, args: allStepArguments(props, image_values) ] + (image_values.glob ? [ glob: image_values.glob ] : [:]) + remote,
+              remote ? file("${projectDir}/assets/remote-image.txt") : image ]
         }
     if (values.input == 'example') {
         EXAMPLE_IMAGE(channel.of([ [ id: 'example', args: allStepArguments(props, values) ], values.example_shape ]))
@@ -445,5 +460,5 @@ workflow PIPELINE_COMPLETION {
         .groupTuple()
         .map { process, tools -> ("${process}:\n" + tools.sort().join('\n')).toString() }
         .mix(channel.of("Workflow:\n    pystitch: ${workflow.manifest.version}\n    Nextflow: ${nextflow.version.toString()}".toString()))
-        .collectFile(name: 'software_versions.yml', storeDir: "${outdir}/pipeline_info", sort: true, newLine: true)
+        .collectFile(name: 'software_versions.yml', storeDir: isUrl(outdir) ? 'pipeline_info' : "${outdir}/pipeline_info", sort: true, newLine: true)
 }

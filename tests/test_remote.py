@@ -1,0 +1,244 @@
+"""Object storage: the input, the big stores, the output and the report at
+``s3://`` URLs of a real S3-compatible server (moto's server mode, started
+here on a free port and stopped after the module).
+
+What holds: a run through the object store writes the labels and the
+report a run on the filesystem writes; nothing of the run stays in the
+bucket but its outputs; no input chunk is fetched twice by one task; a
+publication that fails leaves nothing at the output URL; a bad URL is one
+line before any work, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import s3fs
+import zarr
+
+from helpers import load
+from pystitch.example import blobs
+
+VENV_BIN = Path(sys.executable).parent
+BLOCK = (16, 24, 24)
+HALO = (2, 4, 4)
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Requests(logging.Handler):
+    """Every request the server answered (werkzeug's access log): ``(method, path)``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.search(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP', record.getMessage())
+        if match:
+            self.seen.append((match.group(1), match.group(2).split("?")[0]))
+
+
+@pytest.fixture(scope="module")
+def server():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    requests = _Requests()
+    werkzeug = logging.getLogger("werkzeug")
+    saved = werkzeug.level, werkzeug.propagate
+    werkzeug.addHandler(requests)
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False  # the access log is counted here, not shown
+    try:
+        yield f"http://127.0.0.1:{port}", requests
+    finally:
+        werkzeug.removeHandler(requests)
+        werkzeug.setLevel(saved[0])
+        werkzeug.propagate = saved[1]
+        srv.stop()
+
+
+@pytest.fixture
+def s3(server, monkeypatch, tmp_path):
+    """A fresh bucket, credentials in the AWS environment, the endpoint in PYSTITCH_STORAGE_OPTIONS."""
+    endpoint, requests = server
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("PYSTITCH_STORAGE_OPTIONS", f'{{"endpoint_url": "{endpoint}"}}')
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    bucket = f"b{os.urandom(6).hex()}"
+    fs.mkdir(bucket)
+    requests.seen.clear()
+    return {"endpoint": endpoint, "fs": fs, "bucket": bucket, "url": f"s3://{bucket}", "requests": requests,
+            "options": {"endpoint_url": endpoint}}
+
+
+def _image(tmp_path: Path, s3: dict) -> tuple[str, str, np.ndarray]:
+    """The same small image on the filesystem and in the bucket."""
+    image = blobs((40, 60, 60), seed=3)
+    local = str(tmp_path / "in.zarr")
+    url = f"{s3['url']}/in.zarr"
+    for where, extra in ((local, {}), (url, {"storage_options": s3["options"]})):
+        zarr.create_array(store=where, shape=image.shape, dtype=image.dtype, chunks=(16, 24, 24), **extra)[...] = image
+    return local, url, image
+
+
+def _objects(s3: dict) -> list[str]:
+    return sorted(p.split("/", 1)[1] for p in s3["fs"].find(s3["bucket"]))
+
+
+def test_run_through_the_object_store_equals_the_filesystem_run(tmp_path, s3):
+    import pystitch
+
+    local, url, _ = _image(tmp_path, s3)
+    options = dict(block_shape=BLOCK, halo=HALO, backend="threshold", threshold=500, workers=2, progress=False)
+    a = pystitch.run(local, str(tmp_path / "fs" / "out.zarr"), **options)
+    b = pystitch.run(url, f"{s3['url']}/out.zarr", report_dir=f"{s3['url']}/report", work_dir=str(tmp_path / "wd"),
+                     **options)
+    assert a["objects"] == b["objects"] > 3
+    remote_labels = zarr.open_group(f"{s3['url']}/out.zarr", mode="r", storage_options=s3["options"])["0"][:]
+    np.testing.assert_array_equal(remote_labels, load(tmp_path / "fs" / "out.zarr"))
+    regions = s3["fs"].cat_file(f"{s3['bucket']}/report/regions.csv")
+    assert regions == (tmp_path / "fs" / "out_report" / "regions.csv").read_bytes()
+    # only the input and the outputs: the big stores, the publishing marker and the work dir are gone
+    tops = {name.split("/")[0] for name in _objects(s3)}
+    assert tops == {"in.zarr", "out.zarr", "report"}
+    assert not any(".pystitch-publishing" in name for name in _objects(s3))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_task_fetches_each_input_chunk_once(tmp_path, s3):
+    """plan-blocks (the scan) and one segment-block task over every block: no
+    input chunk is requested twice (the server's own log of requests)."""
+    import pystitch
+
+    _, url, _ = _image(tmp_path, s3)
+    chunks = re.compile(rf"^/{s3['bucket']}/in\.zarr/c/")
+    requests = s3["requests"].seen
+    plan = pystitch.plan_blocks(url, f"{s3['url']}/out.zarr", block_shape=BLOCK, halo=HALO, backend="threshold",
+                                work_dir=str(tmp_path / "wd"), backend_options={"threshold": "otsu"})
+    scanned = Counter(path for method, path in requests if method == "GET" and chunks.match(path))
+    assert len(scanned) == 3 * 3 * 3 and max(scanned.values()) == 1, scanned
+    requests.clear()
+    pystitch.segment_blocks(plan, plan.work_blocks())
+    read = Counter(path for method, path in requests if method == "GET" and chunks.match(path))
+    assert len(read) == 27 and max(read.values()) == 1, read
+
+
+def test_a_failed_publication_leaves_nothing_at_the_output(tmp_path, s3, monkeypatch):
+    from pystitch.storage import remote
+
+    _, url, _ = _image(tmp_path, s3)
+    src = tmp_path / "partial.zarr"
+    zarr.create_array(store=str(src), shape=(8, 8), chunks=(4, 4), dtype="u4")[...] = 1
+    real_put = s3fs.S3FileSystem._put_file
+    sent = []
+
+    async def failing_put(self, lpath, rpath, *args, **kwargs):
+        sent.append(rpath)
+        if rpath.endswith("zarr.json"):  # the chunks went; the metadata (written last) fails
+            raise ConnectionError("the network went away")
+        return await real_put(self, lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", failing_put)
+    target = f"{s3['url']}/published.zarr"
+    with remote.using(s3["options"]), pytest.raises(ConnectionError):
+        remote.copy_tree(str(src), target)
+    assert any("/c/" in path for path in sent)  # chunks were there before the failure
+    assert not any(name.startswith("published.zarr") for name in _objects(s3))
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", real_put)
+    with remote.using(s3["options"]):
+        remote.copy_tree(str(src), target)
+    np.testing.assert_array_equal(zarr.open_array(target, mode="r", storage_options=s3["options"])[:], 1)
+    assert ".pystitch-publishing.json" not in " ".join(_objects(s3))
+
+
+def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "pystitch"), "run", *args, "--block-shape", "16,24,24", "--threshold",
+                           "500"], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["unreachable endpoint", "missing credentials", "no such bucket",
+                                  "unsupported scheme"])
+def test_bad_object_store_input_is_one_line_and_writes_nothing(tmp_path, s3, case):
+    _, url, _ = _image(tmp_path, s3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    output = f"{s3['url']}/out.zarr"
+    expected = {"unreachable endpoint": "Cannot reach the object store", "missing credentials": "No credentials",
+                "no such bucket": "does not exist", "unsupported scheme": "not supported"}[case]
+    if case == "unreachable endpoint":
+        env["PYSTITCH_STORAGE_OPTIONS"] = f'{{"endpoint_url": "http://127.0.0.1:{_free_port()}"}}'
+    elif case == "missing credentials":
+        env.pop("AWS_ACCESS_KEY_ID")
+        env.pop("AWS_SECRET_ACCESS_KEY")
+    elif case == "no such bucket":
+        output = "s3://no-such-bucket-here/out.zarr"
+    else:
+        url = "gs://somewhere/in.zarr"
+    before = _objects(s3)
+    done = _cli([url, output, "--work-dir", str(tmp_path / "wd")], env)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "wd").exists()
+    assert _objects(s3) == before
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+def test_pipeline_reads_and_writes_the_object_store(tmp_path, s3, tmp_path_factory):
+    """``nextflow run main.nf --input s3://... --outdir s3://... --staging_dir s3://...``
+    (local executor): the label image and regions table are byte for byte
+    those of ``pystitch run`` on the same image on the filesystem."""
+    from nf_support import install_nextflow, ok, reference_run, tree
+    from pystitch.example import write_example
+
+    nextflow = install_nextflow(tmp_path_factory)
+    local = write_example(tmp_path / "img.zarr", shape=(24, 96, 96))
+    s3["fs"].put(str(local), f"{s3['bucket']}/img.zarr", recursive=True)
+    launch = tmp_path / "launch"
+    env = {k: os.environ[k] for k in (*CREDENTIALS, "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE",
+                                      "AWS_SHARED_CREDENTIALS_FILE", "PYSTITCH_STORAGE_OPTIONS")}
+    ok(nextflow(launch, "-profile", "test", "--input", f"{s3['url']}/img.zarr", "--outdir", f"{s3['url']}/results",
+                "--staging_dir", f"{s3['url']}/staging", env=env))
+    got = tmp_path / "got"
+    for name in ("labels.zarr", "labels_report"):
+        s3["fs"].get(f"{s3['bucket']}/results/img/{name}", str(got / name), recursive=True)
+    reference_run(local, tmp_path / "ref" / "labels.zarr")
+    got_files, ref_files = tree(got / "labels.zarr"), tree(tmp_path / "ref" / "labels.zarr")
+    assert sorted(got_files) == sorted(ref_files)
+    # every chunk and array document the same bytes; the root's marker names another plan (the
+    # plan's hash covers the input's location) and is otherwise the same
+    assert [n for n in got_files if got_files[n] != ref_files[n]] == [".zattrs"]
+    unmarked = [json.loads(files[".zattrs"]) for files in (got_files, ref_files)]
+    for attrs in unmarked:
+        for key in ("plan_hash", "request"):
+            attrs["pystitch"].pop(key)
+    assert unmarked[0] == unmarked[1]
+    assert (got / "labels_report" / "regions.csv").read_bytes() == \
+        (tmp_path / "ref" / "labels_report" / "regions.csv").read_bytes()
+    np.testing.assert_array_equal(load(got / "labels.zarr"), load(tmp_path / "ref" / "labels.zarr"))
+    assert not any(".pystitch-publishing" in name for name in _objects(s3))
+    assert (launch / "pipeline_info").is_dir()  # the run reports stay on the launch directory
