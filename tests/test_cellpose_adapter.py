@@ -7,7 +7,6 @@ when cellpose cannot be imported; the others run everywhere.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import logging
@@ -27,19 +26,8 @@ from pystitch.errors import DeviceError, InputError, InputNotFoundError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_tiny_cellpose():
-    """tests/support/tiny_cellpose.py, by path (tests/ is not a package)."""
-    if "tiny_cellpose" in sys.modules:
-        return sys.modules["tiny_cellpose"]
-    spec = importlib.util.spec_from_file_location("tiny_cellpose", REPO / "tests" / "support" / "tiny_cellpose.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_cellpose"] = module
-    spec.loader.exec_module(module)
-    return module
+import tiny_cellpose as tiny  # noqa: E402  (tests/support, on sys.path via conftest)
 
-
-tiny = _load_tiny_cellpose()
 PARAMS = tiny.TrainingParams()
 DIAMETER = PARAMS.diameter
 

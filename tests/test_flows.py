@@ -13,9 +13,6 @@ removes), and the small test model's predictions.  Run in both environments
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,12 +28,11 @@ from pystitch.flows.assign import ObjectStats, merge_object_stats, object_stats 
 from pystitch.flows.blockwise import block_grid, masks_blockwise  # noqa: E402
 from pystitch.flows.dynamics import check_kernels, installed_dynamics, niter_for  # noqa: E402
 from pystitch.flows.filters import (  # noqa: E402
-    cp4_diffusion, cp4_diffusion_dtype, flow_error_cp3, flow_error_cp4, small_to_remove, torch_sum9_block,
+    cp4_diffusion, cp4_diffusion_dtype, small_to_remove, torch_sum9_block,
 )
 from pystitch.flows.follow import follow_block, follow_points, step_field  # noqa: E402
 from pystitch.flows.seeds import Histogram, find_seeds, merge_histograms, rank_seeds  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DYN = installed_dynamics()
 CPU = torch.device("cpu")
 
@@ -404,13 +400,10 @@ def test_trajectories_stay_within_one_diameter() -> None:
 
 
 def _tiny():
-    if "tiny_cellpose" in sys.modules:
-        return sys.modules["tiny_cellpose"]
-    spec = importlib.util.spec_from_file_location("tiny_cellpose", REPO / "tests" / "support" / "tiny_cellpose.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_cellpose"] = module
-    spec.loader.exec_module(module)
-    return module
+    """tests/support/tiny_cellpose.py (on sys.path via conftest), imported when a test needs it."""
+    import tiny_cellpose
+
+    return tiny_cellpose
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,6 @@ both environments (cellpose 3.1 and 4.x).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,19 +24,15 @@ from pystitch.flows.predict import (  # noqa: E402
     Geometry, ModelFacts, Pass, apply_passes, batch_input, blend, calibrate_resize, prepare,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 
 
 def _tiny():
-    if "tiny_cellpose" in sys.modules:
-        return sys.modules["tiny_cellpose"]
-    spec = importlib.util.spec_from_file_location("tiny_cellpose", REPO / "tests" / "support" / "tiny_cellpose.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_cellpose"] = module
-    spec.loader.exec_module(module)
-    return module
+    """tests/support/tiny_cellpose.py (on sys.path via conftest), imported when a test needs it."""
+    import tiny_cellpose
+
+    return tiny_cellpose
 
 
 # ---------------------------------------------------------------- resizing
