@@ -3,7 +3,8 @@
 Every module has a meta.yml that names its outputs and reports its versions
 through the `versions` topic; no module writes a versions.yml by hand; the
 samplesheet schema's columns are the parameters the schema marks as sample
-columns; the batch steps' processes request what the plan estimated.
+columns; the batch steps' processes request what the plan estimated; JSON
+is parsed into plain maps, safe to read from many threads.
 """
 
 from __future__ import annotations
@@ -49,3 +50,14 @@ def test_batch_steps_request_the_plans_estimate(process):
     assert re.search(r"memory \{ \"\$\{estimate\.memory_mb \* task\.attempt\} MB\" \}", text)
     assert re.search(r"time\s+\{ \"\$\{estimate\.minutes \* task\.attempt\} min\" \}", text)
     assert "process_low" not in text and "process_medium" not in text
+
+
+def test_json_read_into_channels_is_parsed_eagerly():
+    """groovy's JsonSlurper returns lazy maps that fill themselves on first read, and
+    are not safe to read from two threads at once: the tasks of one image read the
+    same estimates map concurrently, and one saw ``memory_mb`` as null."""
+    sources = [*REPO.glob("*.nf"), *REPO.glob("workflows/**/*.nf"), *REPO.glob("subworkflows/**/*.nf"),
+               *REPO.glob("modules/**/*.nf")]
+    assert sources
+    lazy = [str(p.relative_to(REPO)) for p in sources if re.search(r"\bJsonSlurper\s*\(", p.read_text())]
+    assert lazy == []

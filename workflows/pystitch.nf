@@ -75,9 +75,11 @@ workflow PYSTITCH {
     ch_specs = PLAN_BLOCKS.out.batches
         .map { meta, txt -> [ meta, txt.readLines()*.trim().findAll { line -> line } ] }
 
-    // [ meta, { step: [memory_mb, minutes, cpus] } ]
+    // [ meta, { step: [memory_mb, minutes, cpus] } ]. JsonSlurperClassic builds plain maps at once: the
+    // lazy maps of JsonSlurper fill themselves on first read, and the tasks of one image read the same
+    // map from several threads (one saw memory_mb as null while another was filling it)
     ch_estimates = PLAN_BLOCKS.out.resources
-        .map { meta, json -> [ meta, new groovy.json.JsonSlurper().parseText(json.text) ] }
+        .map { meta, json -> [ meta, new groovy.json.JsonSlurperClassic().parseText(json.text) ] }
 
     // [ meta, number of batches ]: the group size of every per-image gather
     ch_counts = ch_specs.map { meta, specs -> [ meta, specs.size() ] }

@@ -24,7 +24,7 @@ include { EXAMPLE_IMAGE } from '../../../modules/local/example_image'
 // ------------------------------------------------------------------ the schema
 
 def readJson(path) {
-    return new groovy.json.JsonSlurper().parseText(file(path.toString()).text)
+    return new groovy.json.JsonSlurperClassic().parseText(file(path.toString()).text)
 }
 
 // name -> property of every parameter, in the order of the schema's groups
