@@ -1,9 +1,10 @@
 """Kill at any moment, run again, get the same result.
 
-A clean run of ``pystitch run`` (2 worker processes) is timed; then, in
-seeded trials spread over its whole duration, the same command is killed
-with SIGKILL (its process group: the runner, its workers and the fork
-server) and run again to the end.  Every rerun must give a byte-identical
+A clean run of ``pystitch run`` (2 worker processes) is timed stage by
+stage; then, in seeded trials aimed in turn at every stage from start-up to
+publishing, the same command is killed with SIGKILL (its process group: the
+runner, its workers and the fork server) at a random moment after its log
+announces that stage, and run again to the end.  Every rerun must give a byte-identical
 label image, regions.csv and regions.parquet, the same summary (minus
 timings), no temporary file inside the published store and no work
 directory left behind.
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +30,9 @@ from pystitch.example import blobs
 pytestmark = pytest.mark.slow
 
 VENV_BIN = Path(sys.executable).parent
-TRIALS = 12
+TRIALS = 14  # two per stage
+#: the parts of a run in the order its log announces them
+STAGES = ("plan", "segment", "face-pairs", "resolve", "apply-lut", "finalize", "published")
 SEED = 20261202
 #: summary fields that measure time, say where files are, or describe the machine at that moment: not compared
 VOLATILE = {"timings_seconds", "finalize_seconds", "output", "report_dir", "trace_timings", "environment",
@@ -60,24 +64,57 @@ def stage_of(log: str) -> str:
     return reached
 
 
-def stage_windows(log: str, start: float, duration: float) -> list[tuple[float, float]]:
-    """Time windows (seconds after the start) of the parts of a run: start-up and
-    planning, each stage the runner announces, and the end (publishing)."""
+def stage_marks(log: str, start: float) -> dict[str, float]:
+    """When (seconds after ``start``) each stage of a run began, from its log:
+    the stages the runner announces, and "published" when the output was written."""
     import datetime
 
-    marks = [0.0]
+    marks = {"plan": 0.0}
     for line in log.splitlines():
-        if " stage " in line or (" wrote " in line and " objects to " in line):
-            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            marks.append(stamp - start)
-    marks.append(duration)
-    bounds = sorted(set(round(m, 3) for m in marks))
-    windows = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    # resolve is short: merge windows until there are six
-    while len(windows) > TRIALS // 2:
-        i = min(range(len(windows) - 1), key=lambda k: windows[k + 1][1] - windows[k][0])
-        windows[i:i + 2] = [(windows[i][0], windows[i + 1][1])]
-    return windows
+        if " stage " in line:
+            name = line.split("stage ", 1)[1].split(":")[0].strip()
+        elif " wrote " in line and " objects to " in line:
+            name = "published"
+        else:
+            continue
+        marks.setdefault(name, datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() - start)
+    return marks
+
+
+def run_and_kill(cmd: list[str], stage: str, delay: float) -> tuple[int, str]:
+    """Start ``cmd``; ``delay`` seconds after its log announces ``stage`` ("plan":
+    after the start), SIGKILL its process group.  The kill follows the run's own
+    progress, not a clock calibrated on another run, so a loaded machine moves
+    it with the run.  Returns the exit status and the log."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    announced = threading.Event()
+    if stage == "plan":
+        announced.set()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if stage_of(line) == stage or (stage != "published" and f"stage {stage}" in line):
+                announced.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.time() + 600
+    while not announced.wait(0.005):
+        if proc.poll() is not None or time.time() > deadline:
+            break
+    if proc.poll() is None:
+        time.sleep(delay)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=600)
+    reader.join(timeout=60)
+    proc.stderr.close()
+    return proc.returncode, "".join(lines)
 
 
 def test_sigkill_at_any_moment_then_rerun_gives_the_same_tree(tmp_path):
@@ -85,8 +122,11 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_tree(tmp_path):
     clean_out = tmp_path / "clean" / "labels.zarr"
     t0 = time.time()
     res = subprocess.run(command(image, clean_out), check=True, capture_output=True, text=True, timeout=600)
-    duration = time.time() - t0
-    windows = stage_windows(res.stderr, t0, duration)
+    marks = stage_marks(res.stderr, t0)
+    assert list(marks) == list(STAGES), marks
+    # how long each stage lasted in the clean run: a kill lands at a random moment inside it
+    ends = list(marks.values())[1:] + [time.time() - t0]
+    lasted = {name: max(0.0, end - begin) for (name, begin), end in zip(marks.items(), ends)}
     clean_tree = tree(clean_out)
     clean_report = clean_out.parent / "labels_report"
     clean_summary = summary_without_timings(clean_report)
@@ -96,18 +136,12 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_tree(tmp_path):
     landed = []
     for trial in range(TRIALS):
         out = tmp_path / f"trial{trial}" / "labels.zarr"
-        lo, hi = windows[trial % len(windows)]        # two trials in each part of the run
-        at = lo + rng.uniform() * (hi - lo)
-        proc = subprocess.Popen(command(image, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=at)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        landed.append((round(at, 2), proc.returncode, stage_of(err)))
+        stage = STAGES[trial % len(STAGES)]            # every part of the run, from start-up to publishing
+        at = float(rng.uniform()) * 0.8 * lasted[stage]
+        returncode, err = run_and_kill(command(image, out), stage, at)
+        landed.append((stage, round(at, 2), returncode, stage_of(err)))
         again = subprocess.run(command(image, out), capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0, f"trial {trial} (killed at {at:.2f} s): {again.stderr[-3000:]}"
+        assert again.returncode == 0, f"trial {trial} (killed {at:.2f} s into {stage}): {again.stderr[-3000:]}"
         report = out.parent / "labels_report"
         assert tree(out) == clean_tree, f"trial {trial}: the label image differs"
         for name in ("regions.csv", "regions.parquet"):
@@ -115,7 +149,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_tree(tmp_path):
         assert summary_without_timings(report) == clean_summary, trial
         assert not list(out.rglob("*.partial")), trial
         assert not (out.parent / "labels_work").exists(), trial
-    print("\nkilled at (s, exit status, stage reached):", landed)
-    # the trials were spread over the whole run: from planning to publishing
-    stages = {stage for _, _, stage in landed}
-    assert len(stages) >= 4 and {"plan", "segment", "finalize"} <= stages, landed
+    print("\nkilled (aimed at stage, s into it, exit status, stage reached):", landed)
+    # the kills landed all over the run, from planning to publishing
+    stages = {reached for _, _, status, reached in landed if status == -signal.SIGKILL}
+    assert len(stages) >= 4 and {"plan", "segment"} <= stages and stages & {"finalize", "published"}, landed
