@@ -242,3 +242,48 @@ def test_pipeline_reads_and_writes_the_object_store(tmp_path, s3, tmp_path_facto
     np.testing.assert_array_equal(load(got / "labels.zarr"), load(tmp_path / "ref" / "labels.zarr"))
     assert not any(".pystitch-publishing" in name for name in _objects(s3))
     assert (launch / "pipeline_info").is_dir()  # the run reports stay on the launch directory
+
+
+def _check(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pystitch.storage.remote", "check", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["unreachable endpoint", "missing credentials", "no such bucket",
+                                  "unsupported scheme", "no such image"])
+def test_the_check_before_a_workflow_is_one_line(tmp_path, s3, case):
+    """``python -m pystitch.storage.remote check``, which the pipeline runs before
+    any task: the first problem of any URL is one line, exit 1."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    s3["fs"].pipe_file(f"{s3['bucket']}/in.zarr/zarr.json", b"{}")
+    image, outdir = f"{s3['url']}/in.zarr", f"{s3['url']}/results"
+    expected = {"unreachable endpoint": "Cannot reach the object store", "missing credentials": "No credentials",
+                "no such bucket": "The bucket no-such-bucket-here of s3://no-such-bucket-here/results (the --outdir) "
+                "does not exist", "unsupported scheme": "Got gs://elsewhere/staging instead",
+                "no such image": f"Nothing found at {s3['url']}/missing.zarr (the --input)"}[case]
+    staging = f"{s3['url']}/staging"
+    if case == "unreachable endpoint":
+        env["PYSTITCH_STORAGE_OPTIONS"] = f'{{"endpoint_url": "http://127.0.0.1:{_free_port()}"}}'
+    elif case == "missing credentials":
+        env.pop("AWS_ACCESS_KEY_ID")
+        env.pop("AWS_SECRET_ACCESS_KEY")
+    elif case == "no such bucket":
+        outdir = "s3://no-such-bucket-here/results"
+    elif case == "unsupported scheme":
+        staging = "gs://elsewhere/staging"
+    else:
+        image = f"{s3['url']}/missing.zarr"
+    done = _check(["--exists", "--input", image, "--bucket", "--staging_dir", staging, "--bucket", "--outdir", outdir],
+                  env)
+    assert done.returncode == 1 and done.stdout == "", done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_the_check_lists_existing_outputs(tmp_path, s3):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    s3["fs"].pipe_file(f"{s3['bucket']}/results/a/labels.zarr/zarr.json", b"{}")
+    done = _check(["--absent", "--outdir", f"{s3['url']}/results/a/labels.zarr", "--absent", "--outdir",
+                   f"{s3['url']}/results/b/labels.zarr", "--absent", "--outdir", str(tmp_path / "local")], env)
+    assert done.returncode == 0 and done.stderr == "", done
+    assert done.stdout.splitlines() == [f"{s3['url']}/results/a/labels.zarr"]

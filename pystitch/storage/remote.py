@@ -372,14 +372,54 @@ def publishing_marker(uri: str) -> dict | None:
     return found if isinstance(found, dict) else {}
 
 
+def check(argv: Sequence[str]) -> int:
+    """``check [--storage-options JSON] [--exists WHAT URL]... [--bucket WHAT URL]... [--absent WHAT URL]...``:
+    each URL usable before any work (:func:`check_access`; ``--exists``: something
+    must be there, e.g. an input image); local paths are passed over. The first
+    problem is one line on stderr (exit 1); then each ``--absent`` URL that already
+    holds something is printed on stdout (an output that must not be replaced)."""
+    import sys
+
+    # by hand: WHAT is often a flag itself (--outdir), which argparse would take for an option
+    options, found, rest = None, {"--exists": [], "--bucket": [], "--absent": []}, list(argv)
+    while rest:
+        if rest[0] == "--storage-options" and len(rest) >= 2:
+            options, rest = rest[1], rest[2:]
+        elif rest[0] in found and len(rest) >= 3:
+            found[rest[0]].append((rest[1], rest[2]))
+            rest = rest[3:]
+        else:
+            print("usage: python -m pystitch.storage.remote check [--storage-options JSON] "
+                  f"[--exists|--bucket|--absent WHAT URL]... (not understood: {' '.join(rest)})", file=sys.stderr)
+            return 2
+    try:
+        with using(options):
+            for what, uri in found["--exists"]:
+                check_access(uri, what, must_exist=True)
+            for what, uri in [*found["--bucket"], *found["--absent"]]:
+                check_access(uri, what)
+            for _what, uri in found["--absent"]:
+                if is_remote(uri) and exists(uri):
+                    print(uri)
+    except InputError as exc:
+        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pystitch.storage.remote cat URL``: the object at URL on stdout
-    (a workflow task keeps a copy of what a step published to an object store)."""
+    (a workflow task keeps a copy of what a step published to an object store);
+    ``python -m pystitch.storage.remote check ...``: :func:`check` (a workflow checks
+    its URLs before it submits any task)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["check"]:
+        return check(args[1:])
     if len(args) != 2 or args[0] != "cat":
-        print("usage: python -m pystitch.storage.remote cat URL", file=sys.stderr)
+        print("usage: python -m pystitch.storage.remote cat URL | check [--storage-options JSON] "
+              "[--exists|--bucket|--absent WHAT URL]...", file=sys.stderr)
         return 2
     data = read_bytes(args[1])
     if data is None:
