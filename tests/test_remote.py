@@ -206,13 +206,32 @@ def test_bad_object_store_input_is_one_line_and_writes_nothing(tmp_path, s3, cas
     assert _objects(s3) == before
 
 
+def _same_but_the_input_location(got: Path, ref: Path) -> None:
+    """``got/labels.zarr`` and ``got/labels_report`` (a run of an image at a URL) equal
+    ``ref/…`` (a run of the same image on the filesystem): every chunk and array
+    document the same bytes; the root's marker names another plan (the plan's hash
+    covers the input's location) and is otherwise the same."""
+    from nf_support import tree
+
+    got_files, ref_files = tree(got / "labels.zarr"), tree(ref / "labels.zarr")
+    assert sorted(got_files) == sorted(ref_files)
+    assert [n for n in got_files if got_files[n] != ref_files[n]] == [".zattrs"]
+    unmarked = [json.loads(files[".zattrs"]) for files in (got_files, ref_files)]
+    for attrs in unmarked:
+        for key in ("plan_hash", "request"):
+            attrs["pystitch"].pop(key)
+    assert unmarked[0] == unmarked[1]
+    assert (got / "labels_report" / "regions.csv").read_bytes() == (ref / "labels_report" / "regions.csv").read_bytes()
+    np.testing.assert_array_equal(load(got / "labels.zarr"), load(ref / "labels.zarr"))
+
+
 @pytest.mark.slow
 @pytest.mark.nextflow
 def test_pipeline_reads_and_writes_the_object_store(tmp_path, s3, tmp_path_factory):
     """``nextflow run main.nf --input s3://... --outdir s3://... --staging_dir s3://...``
     (local executor): the label image and regions table are byte for byte
     those of ``pystitch run`` on the same image on the filesystem."""
-    from nf_support import install_nextflow, ok, reference_run, tree
+    from nf_support import install_nextflow, ok, reference_run
     from pystitch.example import write_example
 
     nextflow = install_nextflow(tmp_path_factory)
@@ -227,19 +246,7 @@ def test_pipeline_reads_and_writes_the_object_store(tmp_path, s3, tmp_path_facto
     for name in ("labels.zarr", "labels_report"):
         s3["fs"].get(f"{s3['bucket']}/results/img/{name}", str(got / name), recursive=True)
     reference_run(local, tmp_path / "ref" / "labels.zarr")
-    got_files, ref_files = tree(got / "labels.zarr"), tree(tmp_path / "ref" / "labels.zarr")
-    assert sorted(got_files) == sorted(ref_files)
-    # every chunk and array document the same bytes; the root's marker names another plan (the
-    # plan's hash covers the input's location) and is otherwise the same
-    assert [n for n in got_files if got_files[n] != ref_files[n]] == [".zattrs"]
-    unmarked = [json.loads(files[".zattrs"]) for files in (got_files, ref_files)]
-    for attrs in unmarked:
-        for key in ("plan_hash", "request"):
-            attrs["pystitch"].pop(key)
-    assert unmarked[0] == unmarked[1]
-    assert (got / "labels_report" / "regions.csv").read_bytes() == \
-        (tmp_path / "ref" / "labels_report" / "regions.csv").read_bytes()
-    np.testing.assert_array_equal(load(got / "labels.zarr"), load(tmp_path / "ref" / "labels.zarr"))
+    _same_but_the_input_location(got, tmp_path / "ref")
     assert not any(".pystitch-publishing" in name for name in _objects(s3))
     assert (launch / "pipeline_info").is_dir()  # the run reports stay on the launch directory
 
@@ -287,3 +294,80 @@ def test_the_check_lists_existing_outputs(tmp_path, s3):
                    f"{s3['url']}/results/b/labels.zarr", "--absent", "--outdir", str(tmp_path / "local")], env)
     assert done.returncode == 0 and done.stderr == "", done
     assert done.stdout.splitlines() == [f"{s3['url']}/results/a/labels.zarr"]
+
+
+def _nextflow_env(**extra: str) -> dict[str, str]:
+    keys = (*CREDENTIALS, "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+            "PYSTITCH_STORAGE_OPTIONS")
+    return {**{k: os.environ[k] for k in keys if k in os.environ}, **extra}
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+@pytest.mark.parametrize("case", ["unreachable endpoint (--input)", "missing credentials (--staging_dir)",
+                                  "no such bucket (samplesheet)", "unsupported scheme (--outdir)",
+                                  "existing output (--outdir)"])
+def test_pipeline_checks_its_urls_before_any_task(tmp_path, s3, tmp_path_factory, case):
+    """A bad object-store URL stops the pipeline in its initialisation with one
+    line: the trace shows no task."""
+    from nf_support import install_nextflow, trace_rows
+    from pystitch.example import write_example
+
+    nextflow = install_nextflow(tmp_path_factory)
+    local = write_example(tmp_path / "img.zarr", shape=(24, 96, 96))
+    s3["fs"].put(str(local), f"{s3['bucket']}/img.zarr", recursive=True)
+    env = _nextflow_env(PYTHONPATH=os.pathsep.join(sys.path))
+    image, outdir, staging = f"{s3['url']}/img.zarr", f"{s3['url']}/results", f"{s3['url']}/staging"
+    if case.startswith("unreachable"):
+        env["PYSTITCH_STORAGE_OPTIONS"] = f'{{"endpoint_url": "http://127.0.0.1:{_free_port()}"}}'
+        expected = f"Cannot reach the object store http://127.0.0.1:"
+    elif case.startswith("missing credentials"):
+        env["AWS_ACCESS_KEY_ID"] = env["AWS_SECRET_ACCESS_KEY"] = ""
+        image, outdir = str(local), str(tmp_path / "results")
+        expected = f"No credentials to reach {staging} (the --staging_dir)"
+    elif case.startswith("no such bucket"):
+        sheet = tmp_path / "samples.csv"
+        sheet.write_text(f"sample,image\nhere,{local}\nthere,s3://no-such-bucket-here/img.zarr\n")
+        image = str(sheet)
+        expected = "The bucket no-such-bucket-here of s3://no-such-bucket-here/img.zarr (the image of sample there"
+    elif case.startswith("unsupported"):
+        outdir = "gs://elsewhere/results"
+        expected = "Got gs://elsewhere/results instead (URLs of scheme gs:// are not supported)"
+    else:
+        s3["fs"].pipe_file(f"{s3['bucket']}/results/img/labels.zarr/zarr.json", b"{}")
+        expected = (f"{s3['url']}/results/img/labels.zarr exists. Choose another --outdir, add --overwrite true "
+                    "to replace it")
+    before = _objects(s3)
+    launch = tmp_path / "launch"
+    res = nextflow(launch, "-profile", "test", "--input", image, "--outdir", outdir, "--staging_dir", staging,
+                   "-with-trace", launch / "trace.txt", env=env, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    said = [line for line in out.splitlines() if line.strip() and not line.startswith(("N E X T F L O W", "Launching"))]
+    assert len(said) == 1 and expected in said[0], out[-3000:]
+    assert "Traceback" not in out
+    assert trace_rows(launch / "trace.txt") == []
+    assert _objects(s3) == before
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+def test_pipeline_samplesheet_of_object_store_and_local_images(tmp_path, s3, tmp_path_factory):
+    """A samplesheet whose images are in the bucket and on the filesystem: each
+    output equals ``pystitch run`` of the image on the filesystem."""
+    from nf_support import assert_same_labels, install_nextflow, ok, reference_run
+    from pystitch.example import write_example
+
+    nextflow = install_nextflow(tmp_path_factory)
+    a = write_example(tmp_path / "a.zarr", shape=(24, 96, 96), seed=1)
+    b = write_example(tmp_path / "b.zarr", shape=(20, 70, 50), seed=2)
+    s3["fs"].put(str(a), f"{s3['bucket']}/images/a.zarr", recursive=True)
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text(f"sample,image\nremote,{s3['url']}/images/a.zarr\nlocal,{b}\n")
+    launch, outdir = tmp_path / "launch", tmp_path / "results"
+    ok(nextflow(launch, "-profile", "test", "--input", sheet, "--outdir", outdir,
+                env=_nextflow_env(PYTHONPATH=os.pathsep.join(sys.path))))
+    reference_run(b, tmp_path / "local.zarr")
+    assert_same_labels(outdir / "local" / "labels.zarr", tmp_path / "local.zarr")
+    reference_run(a, tmp_path / "ref" / "labels.zarr")
+    _same_but_the_input_location(outdir / "remote", tmp_path / "ref")

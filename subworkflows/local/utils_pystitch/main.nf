@@ -332,7 +332,8 @@ def readSamplesheet(sheet, inputSchema) {
             [ header, cells ].transpose().each { name, cell ->
                 if (cell) {
                     def spec = columns[name]
-                    def text = spec.format in ['path', 'file-path', 'directory-path'] ? file(cell).toString() : cell
+                    // an image at a URL stays a URL: pystitch reads it (checked with the others before any task)
+                    def text = spec.format in ['path', 'file-path', 'directory-path'] && !isUrl(cell) ? file(cell).toString() : cell
                     def result = checkValue(name, spec, text)
                     if (result[0]) {
                         problems << "${where}: ${result[0]}"
@@ -392,8 +393,57 @@ def imagesFromInput(String input, values, inputSchema) {
     }
     return readSamplesheet(path, inputSchema).collect { row ->
         def overrides = row.findAll { name, _value -> !(name in ['sample', 'image']) }
-        [ row.sample, file(row.image.toString()), values + overrides ]
+        [ row.sample, isUrl(row.image) ? row.image.toString() : file(row.image.toString()), values + overrides ]
     }
+}
+
+/*
+ * The object-store URLs of the run checked by pystitch on this machine
+ * before any task is submitted (Nextflow itself cannot reach them): each
+ * image at a URL (--input or a samplesheet's) must be there, the buckets of
+ * --outdir and --staging_dir must be reachable. An unsupported scheme,
+ * missing credentials, an unreachable endpoint or a missing bucket stops the
+ * run with pystitch's one line. Returns the outputs that already exist at a
+ * URL --outdir (`absent`: the ones that must not be replaced).
+ */
+def checkUrls(values, entries, boolean absent) {
+    def outdir = values.outdir.toString().replaceAll('/+$', '')
+    def args = []
+    entries.findAll { entry -> isUrl(entry[1]) }.each { entry ->
+        def what = isUrl(values.input) ? '--input' : "image of sample ${entry[0]} (samplesheet ${values.input})"
+        args.addAll([ '--exists', what.toString(), entry[1].toString() ])
+    }
+    if (isUrl(values.staging_dir)) {
+        args.addAll([ '--bucket', '--staging_dir', values.staging_dir.toString() ])
+    }
+    if (isUrl(outdir)) {
+        args.addAll([ '--bucket', '--outdir', outdir ])
+        if (absent) {
+            entries.each { entry -> args.addAll([ '--absent', '--outdir', "${outdir}/${entry[0]}/labels.zarr".toString() ]) }
+        }
+    }
+    if (!args) {
+        return []
+    }
+    def options = values.storage_options ? [ '--storage-options', values.storage_options.toString() ] : []
+    def command = [ 'python3', '-m', 'pystitch.storage.remote', 'check' ] + options + args
+    def out = new StringBuilder()
+    def err = new StringBuilder()
+    try {
+        def proc = command.execute()
+        proc.waitForProcessOutput(out, err)
+        if (proc.exitValue() == 0) {
+            return out.toString().readLines().findAll { line -> line.trim() }
+        }
+    } catch (Exception e) {
+        err.append("No module named pystitch (${e.message})")
+    }
+    if (err.toString().contains('No module named')) {
+        log.warn "The object-store URLs could not be checked before the run (no python3 with pystitch on this machine): the tasks check them."
+        return []
+    }
+    def lines = err.toString().readLines().findAll { line -> line.trim() }
+    error(lines ? lines.last() : "Could not check the object-store URLs: ${command.join(' ')} failed.")
 }
 
 workflow PIPELINE_INITIALISATION {
@@ -408,10 +458,13 @@ workflow PIPELINE_INITIALISATION {
     def props = schemaProperties(schema)
     def entries = imagesFromInput(values.input.toString(), values, readJson("${projectDir}/assets/schema_input.json"))
 
-    // an existing result is kept unless --overwrite (or -resume, which publishes only what is missing)
-    // (at a URL, FINALIZE refuses an existing output itself: Nextflow cannot look there)
-    if (!workflow.resume && !values.overwrite && !isUrl(values.outdir)) {
-        def existing = entries.collect { entry -> file("${values.outdir}/${entry[0]}/labels.zarr") }.findAll { path -> path.exists() }
+    // the URLs (s3://) of the run, checked before any task; an existing result is kept unless
+    // --overwrite (or -resume, which publishes only what is missing)
+    def keep = !workflow.resume && !values.overwrite
+    def existingUrls = checkUrls(values, entries, keep)
+    if (keep) {
+        def existing = isUrl(values.outdir) ? existingUrls
+            : entries.collect { entry -> file("${values.outdir}/${entry[0]}/labels.zarr") }.findAll { path -> path.exists() }
         if (existing) {
             error("${existing.join(', ')} exists. Choose another --outdir, add --overwrite true to replace it, or -resume the run that wrote it.")
         }
