@@ -350,6 +350,46 @@ def test_pipeline_checks_its_urls_before_any_task(tmp_path, s3, tmp_path_factory
     assert _objects(s3) == before
 
 
+PODMAN = r"""#!/bin/bash
+# stand-in for podman: keeps its arguments, runs nothing
+printf '%s\n' "$@" > "$PWD/.podman-args"
+exit 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+@pytest.mark.parametrize("where", ["url", "local"])
+def test_container_mounts_a_local_staging_dir_and_never_a_url(tmp_path, s3, tmp_path_factory, where):
+    """-profile podman: a task's .command.run mounts a local --staging_dir at its own
+    path; with an s3:// --staging_dir it mounts pystitch-staging/ of the work
+    directory (the plans' small files) and nothing named after the URL. A
+    stand-in podman records the call, so no image is needed."""
+    from nf_support import install_nextflow, trace_rows
+
+    nextflow = install_nextflow(tmp_path_factory)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(PODMAN)
+    (bin_dir / "podman").chmod(0o755)
+    launch = tmp_path / "launch"
+    staging = f"{s3['url']}/staging" if where == "url" else str(tmp_path / "staging")
+    config = tmp_path / "trace.config"
+    config.write_text("trace.fields = 'name,status,workdir'\n")
+    env = _nextflow_env(PATH=f"{bin_dir}:{nextflow.env['PATH']}", PYTHONPATH=os.pathsep.join(sys.path))
+    res = nextflow(launch, "-profile", "podman,test", "-c", config, "--outdir", tmp_path / "results",
+                   "--staging_dir", staging, "-with-trace", launch / "trace.txt", env=env, timeout=300)
+    assert res.returncode != 0  # the stand-in runs nothing
+    (row,) = trace_rows(launch / "trace.txt")
+    command = (Path(row["workdir"]) / ".command.run").read_text()
+    assert "podman run" in command, command
+    mounts = re.findall(r"-v '([^']*)'", command)
+    expected = str(launch / "work" / "pystitch-staging") if where == "url" else staging
+    assert f"{expected}:{expected}" in mounts, mounts
+    assert not any("s3:" in mount or "staging:" in mount.replace(expected, "") for mount in mounts), mounts
+    assert Path(expected).is_dir()
+
+
 @pytest.mark.slow
 @pytest.mark.nextflow
 def test_pipeline_samplesheet_of_object_store_and_local_images(tmp_path, s3, tmp_path_factory):
