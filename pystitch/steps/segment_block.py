@@ -4,7 +4,10 @@ For each block: read the core + halo (+ the backend's context) from the
 image, run the backend, check what it returned, renumber the labels so that
 objects present in the core are ``1..n`` (in order of their original label)
 and objects seen only in the halo are ``n+1..m``, write the core chunk and
-the face slabs to the staging store, then write the manifest LAST.
+the face slabs to the staging store, then write the manifest LAST.  A task
+stores each block in a background thread while it reads and segments the
+next one (one block in flight); a block whose write failed or was killed has
+no manifest and is segmented again by a rerun.
 """
 
 from __future__ import annotations
