@@ -25,6 +25,7 @@ names the block, never a silent change of the result.
 
 from __future__ import annotations
 
+import errno
 import zlib
 from typing import Sequence
 
@@ -117,6 +118,8 @@ class Staging:
             else:
                 failed = pieces[0][0]
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            if isinstance(exc, OSError) and exc.errno:  # the reason, not the paths it names
+                detail = f"{exc.strerror or detail} ({errno.errorcode.get(exc.errno, exc.errno)})"
             raise StagingError(
                 f"Could not write the staging chunk {self.chunk_path(block, failed)} of {self.grid.describe(block)} "
                 f"({type(exc).__name__}{': ' + detail if detail else ''}): the block has no manifest, so it counts "
