@@ -5,8 +5,11 @@ a zstd-compressed zarr input.  Runs are interleaved and repeated; the table
 shows medians.  Per-step times come from each pystitch run's summary.
 
     python benchmarks/perf.py --sizes 256,512 --repeat 3 [--baseline /path/to/other/checkout]
+        [--variant "label:VAR=value"] [--name perf-<date>-what]
 
-Writes ``benchmarks/results/perf-<date>.md`` and ``.json``.  Each pystitch
+``--variant`` adds a run of this tree with an environment variable set
+(e.g. ``"cache 256:PYSTITCH_READ_CACHE_MB=256"``).  Writes
+``benchmarks/results/perf-<date>.md`` and ``.json`` (``--name``: another stem).  Each pystitch
 output is compared byte for byte (labels and regions.csv) with the first
 pystitch run; every tool's labels are compared as a partition with scipy's.
 """
@@ -72,8 +75,8 @@ class TreePSS:
         self._thread.join()
 
 
-def run_child(code: str, pythonpath: str) -> tuple[float, float, str]:
-    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1")
+def run_child(code: str, pythonpath: str, extra_env: dict | None = None) -> tuple[float, float, str]:
+    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", **(extra_env or {}))
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             text=True)
@@ -163,11 +166,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", help="another pystitch checkout to run side by side (its kernels built)")
     ap.add_argument("--peers", default="patchworks,scipy whole image,I/O floor")
+    ap.add_argument("--variant", action="append", default=[],
+                    help='"label:VAR=value": also run this tree with VAR=value in its environment')
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--name", help="file name stem of the results (default perf-<date>)")
     args = ap.parse_args()
-    trees = {"pystitch": str(ROOT)}
+    args.load_at_start = os.getloadavg()
+    trees: dict[str, tuple[str, dict]] = {"pystitch": (str(ROOT), {})}
+    for variant in args.variant:
+        label, _, assignment = variant.partition(":")
+        var, _, value = assignment.partition("=")
+        trees[f"pystitch ({label})"] = (str(ROOT), {var: value})
     if args.baseline:
-        trees["pystitch (baseline)"] = str(Path(args.baseline).resolve())
+        trees["pystitch (baseline)"] = (str(Path(args.baseline).resolve()), {})
     peers = [p for p in args.peers.split(",") if p]
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="pystitch-perf-"))
@@ -188,7 +199,7 @@ def main() -> None:
                     out.mkdir()
                     if tool in trees:
                         code = PYSTITCH.format(src=src, out=str(out), block=block, thr=THR, conn=len(shape))
-                        wall, pss, stdout = run_child(code, trees[tool])
+                        wall, pss, stdout = run_child(code, *trees[tool])
                         timings = json.loads(stdout.strip().splitlines()[-1])
                         labels = read_labels(out)
                         csv = (out / "report" / "regions.csv").read_bytes()
@@ -231,13 +242,15 @@ def write(rows: list[dict], out: Path, args) -> None:
     import psutil
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"perf-{dt.date.today().isoformat()}"
+    stem = out / (args.name or f"perf-{dt.date.today().isoformat()}")
     info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(), "python": platform.python_version(),
+            "load_average": os.getloadavg(), "load_average_at_start": args.load_at_start,
+            "python": platform.python_version(), "variants": args.variant, "baseline": args.baseline,
             "memory_gib": round(psutil.virtual_memory().total / 2 ** 30, 1), "repeat": args.repeat}
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     lines = [f"# End to end, side by side — {info['date']}", "",
-             f"{info['cpus']} CPUs (shared; load average {info['load_average'][0]:.1f} at the end), "
+             f"{info['cpus']} CPUs (shared; load average {args.load_at_start[0]:.1f} at the start, "
+             f"{info['load_average'][0]:.1f} at the end), "
              f"medians of {args.repeat} interleaved runs. Threshold + connected components, full connectivity, "
              "blocks 128^3 (512^2 in 2-D), halo 8, 2 workers, zstd zarr input, zarr output. "
              "Peak PSS summed over the process tree (polled every 0.1 s).", "",

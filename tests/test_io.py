@@ -155,3 +155,39 @@ def test_rewritten_image_is_not_read_from_stale_chunks(tmp_path, volume, new_chu
                       overwrite=True)[:] = flipped
     pystitch.run(path, tmp_path / "b.zarr", block_shape=(8, 16, 16), halo=1, threshold=500, progress=False)
     assert_partition_equivalent(load(tmp_path / "b.zarr"), ndimage.label(flipped > 500)[0])
+
+
+def test_a_task_sizes_the_chunk_cache_to_the_chunks_its_blocks_read(tmp_path, monkeypatch):
+    """Without PYSTITCH_READ_CACHE_MB a segment task's cache holds at most the
+    chunks its blocks (core + halo) touch, never the whole image, and still
+    decodes every chunk at most once per task; rows of blocks in turn (what a
+    runner worker sweeps) reuse the chunks the rows share.  The variable still
+    fixes the size when set."""
+    from pystitch.steps.segment_block import BlockSegmenter
+
+    monkeypatch.delenv("PYSTITCH_READ_CACHE_MB", raising=False)
+    image = blobs((32, 64, 64), seed=5)
+    chunks = (8, 16, 16)
+    path = str(tmp_path / "img.zarr")
+    zarr.create_array(store=path, shape=image.shape, dtype=image.dtype, chunks=chunks)[...] = image
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=chunks, halo=(1, 2, 2),
+                                backend_options={"threshold": 500})
+    chunk_bytes = int(np.prod(chunks)) * image.itemsize
+    row = plan.grid.counts[-1]
+    with BlockSegmenter(plan) as seg:
+        cache = seg.source.cache
+        for start in range(0, plan.n_blocks, row):
+            ids = list(range(start, start + row))
+            touched = seg.source.chunks_touched([plan.grid.extended(b) for b in ids])
+            held = set(cache.chunks)
+            cache.peak, decoded = 0, cache.decoded
+            pystitch.segment_blocks(plan, ids, segmenter=seg)
+            assert cache.capacity == len(touched) * chunk_bytes < image.nbytes
+            assert cache.peak <= cache.capacity
+            assert cache.decoded - decoded == len(touched - held)  # each missing chunk once, no more
+        # 4 x 4 x 4 chunks, each read by up to 3 x 3 rows of blocks; with the cache at most 3 times
+        assert cache.decoded <= 3 * image.nbytes // chunk_bytes
+    monkeypatch.setenv("PYSTITCH_READ_CACHE_MB", "0.01")
+    with BlockSegmenter(plan) as seg:
+        assert seg.size_cache(range(row)) == int(0.01 * 2 ** 20)
+    np.testing.assert_array_equal(zarr.open_array(f"{plan.staging_uri}/core", mode="r")[:] > 0, image > 500)

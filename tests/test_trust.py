@@ -67,6 +67,35 @@ def _chunk(plan, name: str, block: int) -> Path:
 # --------------------------------------------------------------------------- damaged staging
 
 
+@pytest.mark.parametrize("piece", ["core", "face-2-hi"])
+def test_a_staging_write_that_fails_behind_is_one_line_and_leaves_no_manifest(img, tmp_path, piece):
+    """Blocks are stored in the background while the next one is segmented: a
+    piece that cannot be written (here a directory stands where its chunk
+    goes) is one line naming the chunk and the block; that block has no
+    manifest, so a rerun segments it again and gets what a clean run gets."""
+    clean = segmented(img, tmp_path / "clean")
+    plan = pystitch.plan_blocks(img, tmp_path / "out.zarr", block_shape=(8, 16, 16), halo=(1, 2, 2),
+                                backend_options={"threshold": 500})
+    bad = 1
+    obstacle = _chunk(plan, piece, bad)
+    obstacle.mkdir(parents=True)
+    (obstacle / "not-pystitch").write_text("x")
+    with pytest.raises(StagingError) as err:
+        pystitch.segment_blocks(plan, "all")
+    message = str(err.value)
+    assert "\n" not in message and str(obstacle) in message and "block 1 " in message, message
+    assert not (plan.manifest_dir / "block-000001.json").exists()
+    assert (plan.manifest_dir / "block-000000.json").exists()
+    (obstacle / "not-pystitch").unlink()
+    obstacle.rmdir()
+    pystitch.segment_blocks(plan, "all", skip_existing=True)
+
+    def written(p):
+        return {b: (d["n_labels"], d["pieces"]) for b, d in pystitch.manifests.read_manifests(p).items()}
+
+    assert written(plan) == written(clean)
+
+
 def test_deleted_core_chunk_is_named(img, tmp_path):
     plan = segmented(img, tmp_path)
     pystitch.face_pairs(plan, "all")

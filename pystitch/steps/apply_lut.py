@@ -109,6 +109,8 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     work = [b for b in ids if table.block_range(b)[1] > 0]
     advance("apply-lut", len(ids) - len(work))  # blocks without objects: nothing to write
     source = open_image(plan.image) if plan.intensity_stats and plan.image is not None else None
+    if source is not None:
+        source.size_cache([plan.grid.core(b) for b in work])
 
     def read(b: int) -> tuple[np.ndarray, np.ndarray | None]:
         expected = None if table.voxels is None else {"voxels": int(table.voxels[b])}

@@ -4,7 +4,10 @@ For each block: read the core + halo (+ the backend's context) from the
 image, run the backend, check what it returned, renumber the labels so that
 objects present in the core are ``1..n`` (in order of their original label)
 and objects seen only in the halo are ``n+1..m``, write the core chunk and
-the face slabs to the staging store, then write the manifest LAST.
+the face slabs to the staging store, then write the manifest LAST.  A task
+stores each block in a background thread while it reads and segments the
+next one (one block in flight); a block whose write failed or was killed has
+no manifest and is segmented again by a rerun.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..plan import Plan
 from ..progress import advance
 from ..storage.images import ImageSource, open_image
 from ..storage.staging import MAX_LOCAL_LABELS, STAGING_DTYPE, Staging, piece_record
+from ..storage.zarrs import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ def _check_count(m: int, where: str) -> None:
 
 
 def store_labels(plan: Plan, staging: Staging, block: int, labels: Any, manifest_dir: str | os.PathLike,
-                 **fields: Any) -> dict:
+                 writer: WriteBehind | None = None, **fields: Any) -> dict:
     """Check and renumber a block's labels (over its core + halo), write them to
     the staging store, then write the manifest LAST."""
     grid = plan.grid
@@ -107,21 +111,33 @@ def store_labels(plan: Plan, staging: Staging, block: int, labels: Any, manifest
     ext = grid.extended(block)
     labels = check_labels(labels, [e.stop - e.start for e in ext], where)
     local, n, m = renumber_local(labels, grid.within(grid.core(block), ext), where)
-    return store_local(plan, staging, block, local, n, m, manifest_dir, **fields)
+    return store_local(plan, staging, block, local, n, m, manifest_dir, writer, **fields)
 
 
 def store_local(plan: Plan, staging: Staging, block: int, local: np.ndarray, n: int, m: int,
-                manifest_dir: str | os.PathLike, **fields: Any) -> dict:
+                manifest_dir: str | os.PathLike, writer: WriteBehind | None = None, **fields: Any) -> dict:
     """Write a block's labels in local numbering (over its core + halo: core
     objects ``1..n``, halo-only ``n+1..m``) to the staging store, then write
-    the manifest LAST."""
+    the manifest LAST.  With a ``writer`` both happen in its background
+    thread (the caller goes on with the next block); a write that fails
+    leaves the block without a manifest, and the error comes out of the
+    writer.  Returns the manifest fields (without the pieces' records when
+    they are written behind)."""
     _check_count(m, plan.grid.describe(block))
+    fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0)
+    if writer is None:
+        return _write_local(plan, staging, block, local, manifest_dir, fields)
+    writer.submit(_write_local, plan, staging, block, local, manifest_dir, dict(fields))
+    return fields
+
+
+def _write_local(plan: Plan, staging: Staging, block: int, local: np.ndarray, manifest_dir: str | os.PathLike,
+                 fields: dict) -> dict:
     pieces = staging.block_pieces(block, local, plan.grid.extended(block))
     staging.write_pieces(block, pieces)
     records = {name: piece_record(data) for name, data in pieces}
-    fields.update(n_labels=n, n_halo_labels=m - n, empty=n == 0, foreground_voxels=records["core"]["voxels"],
-                  pieces=records)
-    write_manifest(manifest_dir, plan, block, **fields)
+    fields.update(foreground_voxels=records["core"]["voxels"], pieces=records)
+    write_manifest(manifest_dir, plan, block, **fields)  # LAST: the block is finished only now
     return fields
 
 
@@ -163,8 +179,16 @@ class BlockSegmenter:
             self.source.close()
             self.source = None
 
-    def segment(self, block: int, manifest_dir: str | os.PathLike) -> dict:
-        """Segment one block, store its labels, write its manifest; returns the manifest fields."""
+    def size_cache(self, blocks: Sequence[int]) -> int:
+        """Size the image's chunk cache to the chunks ``blocks`` read (see
+        :meth:`~pystitch.storage.images.ImageSource.size_cache`); returns its capacity in bytes."""
+        assert self.source is not None
+        grid, context = self.plan.grid, self.backend.context(self.plan.ndim)
+        return self.source.size_cache([grid.extended(b, context) for b in blocks if b not in self.plan.empty_set])
+
+    def segment(self, block: int, manifest_dir: str | os.PathLike, writer: WriteBehind | None = None) -> dict:
+        """Segment one block, store its labels, write its manifest; returns the manifest fields.
+        ``writer``: store them in its background thread while the caller goes on (see :func:`store_local`)."""
         plan, backend, grid = self.plan, self.backend, self.plan.grid
         assert self.source is not None and self.staging is not None
         t0 = time.perf_counter()
@@ -192,11 +216,11 @@ class BlockSegmenter:
             if done is not None:  # already numbered as stored (a compiled fast path)
                 local, n, m = done
                 fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
-                fields = store_local(plan, self.staging, block, local, n, m, manifest_dir, **fields)
+                fields = store_local(plan, self.staging, block, local, n, m, manifest_dir, writer, **fields)
             else:
                 labels = backend.segment(data, crop, ctx)
                 fields["seconds"] = round(time.perf_counter() - t0, 4)  # reading + segmenting
-                fields = store_labels(plan, self.staging, block, labels, manifest_dir, **fields)
+                fields = store_labels(plan, self.staging, block, labels, manifest_dir, writer, **fields)
         log.debug("segmented %s: %d objects in the core, %d only in the halo (%.2fs)", grid.describe(block),
                   fields["n_labels"], fields["n_halo_labels"], time.perf_counter() - t0)
         return fields
@@ -226,9 +250,12 @@ def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir:
         return []
     seg = segmenter if segmenter is not None else BlockSegmenter(plan, **runtime)
     try:
-        for b in ids:
-            seg.segment(b, mdir)
-            advance("segment")
+        seg.size_cache(ids)
+        # each block's labels are stored while the next one is read and segmented
+        with WriteBehind() as writer:
+            for b in ids:
+                seg.segment(b, mdir, writer)
+                advance("segment")
     finally:
         if segmenter is None:
             seg.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -251,6 +252,45 @@ class ImageSource:
         return InputError(f"Could not read {where} ({type(exc).__name__}{': ' + detail if detail else ''}): "
                           "the image is damaged or unreadable there.")
 
+    def chunks_touched(self, regions: Sequence[Sequence[slice]]) -> set[tuple]:
+        """The chunks of the array that reading ``regions`` (spatial) reads through the cache."""
+        chunks = _regular_chunks(self.array)
+        if chunks is None:
+            return set()
+        touched: set[tuple] = set()
+        for region in regions:
+            it = iter(region)
+            index = tuple(next(it) if s is None else s for s in self._index)
+            spans = []
+            for ix, c, n in zip(index, chunks, self.array.shape):
+                if isinstance(ix, slice):
+                    start, stop, _ = ix.indices(n)
+                    spans.append(range(start // c, max(start // c + 1, -(-stop // c))))
+                elif isinstance(ix, list):
+                    spans.append(sorted({int(i) // c for i in ix}))
+                else:
+                    spans.append([int(ix) // c])
+            touched.update(itertools.product(*spans))
+        return touched
+
+    def size_cache(self, regions: Sequence[Sequence[slice]]) -> int:
+        """Size the chunk cache to hold every chunk that reading ``regions``
+        touches (a task's blocks, read in turn), at most :data:`CACHE_CAP_MB`,
+        so that the task decodes each chunk once and holds no more; a fixed
+        ``PYSTITCH_READ_CACHE_MB`` is kept.  Returns the capacity in bytes."""
+        if self.cache is None:
+            return 0
+        touched = self.chunks_touched(regions)
+        for key in touched & self.cache.chunks.keys():  # what the task reuses is dropped last
+            self.cache.chunks.move_to_end(key)
+        fixed = cache_override()
+        if fixed is not None:
+            self.cache.resize(fixed)
+        else:
+            chunk_bytes = math.prod(_regular_chunks(self.array) or (0,)) * np.dtype(self.array.dtype).itemsize
+            self.cache.resize(min(CACHE_CAP_MB * 2 ** 20, len(touched) * chunk_bytes))
+        return self.cache.capacity
+
     def close(self) -> None:
         if self._keep is not None:
             close = getattr(self._keep, "close", None)
@@ -279,26 +319,40 @@ class ChunkCache:
     in order (the local runner's workers, a workflow's batches of consecutive
     ids) decodes each chunk about once.  The cache belongs to one opening of
     the image, so a later opening never sees chunks of an image rewritten in
-    between.  ``PYSTITCH_READ_CACHE_MB`` sets its size (0 disables it).
+    between.  A task sizes it to the chunks its blocks touch
+    (:meth:`ImageSource.size_cache`); ``PYSTITCH_READ_CACHE_MB`` fixes its
+    size instead (0 disables it).  ``decoded`` counts the chunks read from the
+    image and ``peak`` is the most it held (bytes).
     """
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = capacity_bytes
         self.used = 0
+        self.peak = 0
+        self.decoded = 0
         self.chunks: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 
     def clear(self) -> None:
         self.chunks.clear()
         self.used = 0
 
+    def resize(self, capacity_bytes: int) -> None:
+        """Hold at most ``capacity_bytes`` from now on (the least recently used dropped first)."""
+        self.capacity = capacity_bytes
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.used > self.capacity:
+            _, old = self.chunks.popitem(last=False)
+            self.used -= old.nbytes
+
     def _put(self, key: tuple, data: np.ndarray) -> None:
         if data.nbytes > self.capacity:
             return
         self.chunks[key] = data
         self.used += data.nbytes
-        while self.used > self.capacity:
-            _, old = self.chunks.popitem(last=False)
-            self.used -= old.nbytes
+        self._evict()
+        self.peak = max(self.peak, self.used)
 
     def read(self, array: Any, index: tuple) -> np.ndarray:
         """``array[index]`` for an index of slices and integers, from cached chunks."""
@@ -313,8 +367,14 @@ class ChunkCache:
             else:
                 spans.append((int(ix) // c, int(ix) // c + 1))
         grid = list(itertools.product(*(range(a, b) for a, b in spans)))
-        missing = [g for g in grid if g not in self.chunks]
+        missing = []
+        for g in grid:  # the cached ones this request uses are the most recently used: never dropped for it
+            if g in self.chunks:
+                self.chunks.move_to_end(g)
+            else:
+                missing.append(g)
         if missing:
+            self.decoded += len(missing)
             # each missing chunk read on its own (concurrently from zarr): no box
             # around them to hold and copy out of, no chunk read that is cached already
             regions = [tuple(slice(gi * c, min((gi + 1) * c, n)) for gi, c, n in zip(g, chunks, shape))
@@ -348,14 +408,27 @@ class ChunkCache:
         return out
 
 
-def cache_capacity() -> int:
-    """Bytes of the chunk cache of each opened image (``PYSTITCH_READ_CACHE_MB``, default 256)."""
-    text = os.environ.get("PYSTITCH_READ_CACHE_MB", "256")
+#: the most a chunk cache holds (MiB) when ``PYSTITCH_READ_CACHE_MB`` does not fix its size
+CACHE_CAP_MB = 256
+
+
+def cache_override() -> int | None:
+    """Bytes of every chunk cache as ``PYSTITCH_READ_CACHE_MB`` fixes it; None when it is not set."""
+    text = os.environ.get("PYSTITCH_READ_CACHE_MB", "").strip()
+    if not text:
+        return None
     try:
         mb = float(text)
     except ValueError:
         raise InputError(f"Expected PYSTITCH_READ_CACHE_MB to be a number of MiB. Got {text!r} instead.") from None
     return max(0, int(mb * 2 ** 20))
+
+
+def cache_capacity() -> int:
+    """The most bytes the chunk cache of an opened image holds: ``PYSTITCH_READ_CACHE_MB``
+    when set, else :data:`CACHE_CAP_MB` (a task sizes it down to what its blocks touch)."""
+    fixed = cache_override()
+    return CACHE_CAP_MB * 2 ** 20 if fixed is None else fixed
 
 
 # --------------------------------------------------------------------------- opening

@@ -25,6 +25,7 @@ names the block, never a silent change of the result.
 
 from __future__ import annotations
 
+import errno
 import zlib
 from typing import Sequence
 
@@ -94,7 +95,8 @@ class Staging:
         return pieces
 
     def write_pieces(self, block: int, pieces: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Store pieces made by :meth:`block_pieces` (concurrently)."""
+        """Store pieces made by :meth:`block_pieces` (concurrently).  A piece
+        that cannot be stored is one line naming its chunk and the block."""
         writes = []
         for name, data in pieces:
             if name == "core":
@@ -102,7 +104,28 @@ class Staging:
             else:
                 axis, side = _parse_slab_name(name)
                 writes.append((self._slabs[axis, side], self.grid.slab_chunk(block, axis), data))
-        write_concurrently(writes)
+        try:
+            write_concurrently(writes)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # storage errors come in many types: find which piece, and say so
+            for (name, _), write in zip(pieces, writes):
+                try:
+                    write_concurrently([write])
+                except Exception as piece_exc:  # noqa: BLE001 - this is the one
+                    exc, failed = piece_exc, name
+                    break
+            else:
+                failed = pieces[0][0]
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            if isinstance(exc, OSError) and exc.errno:  # the reason, not the paths it names
+                detail = f"{exc.strerror or detail} ({errno.errorcode.get(exc.errno, exc.errno)})"
+            raise StagingError(
+                f"Could not write the staging chunk {self.chunk_path(block, failed)} of {self.grid.describe(block)} "
+                f"({type(exc).__name__}{': ' + detail if detail else ''}): the block has no manifest, so it counts "
+                f"as unfinished. Check that {self.uri} is writable and has space, then run segment-block for block "
+                f"{block} again."
+            ) from exc
 
     def chunk_path(self, block: int, name: str) -> str:
         """Where the chunk of ``block`` in array ``name`` is stored (for messages)."""
