@@ -87,6 +87,7 @@ def test_flows_rule_equals_cellpose_on_the_whole_image(model, tmp_path, shape, b
     # a normal pystitch output: the regions table counts every object
     regions = (tmp_path / "out_report" / "regions.csv").read_text().splitlines()
     assert len(regions) == 1 + ref.max()
+    assert not summary["seam_qc"]["flagged"]  # objects that touch at a seam are not a seam
 
 
 def test_two_block_shapes_give_the_same_labels(model, tmp_path) -> None:
@@ -144,3 +145,28 @@ def test_a_flow_store_of_another_plan_is_refused(model, tmp_path) -> None:
         predict_flows(b, segmenter=None)
     assert "\n" not in str(info.value)
     assert FlowStore.open(b.flows_uri, a.hash).group.attrs["plan_hash"] == a.hash  # refused, not replaced
+
+
+@pytest.mark.parametrize("shape,options,expected", [
+    ((64, 64), {"normalize": "block"}, "Expected --normalize global for --rule flows"),
+    ((12, 32, 32), {"do_3d": False}, "Expected --do-3d true for --rule flows on a 3-D image"),
+])
+def test_what_the_flows_rule_cannot_follow_is_refused_at_plan_time(model, tmp_path, shape, options, expected) -> None:
+    path = save(tmp_path / "img.zarr", image(shape, seed=1))
+    with pytest.raises(InputError, match=expected) as info:
+        pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, halo=4, backend="cellpose", rule="flows",
+                             backend_options={"pretrained_model": str(model), "diameter": DIAMETER, **options})
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.zarr").exists() and not list(tmp_path.glob("**/plan.json"))
+
+
+def test_the_per_block_steps_refuse_a_flows_plan(model, tmp_path) -> None:
+    path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, backend="cellpose", rule="flows",
+                                backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
+    for step, call in (("segment-block", pystitch.segment_blocks), ("face-pairs", pystitch.face_pairs)):
+        with pytest.raises(InputError, match=f"Expected a plan of rule exact, match or none for {step}"):
+            call(plan.plan_path, [0])
+    with pytest.raises(InputError, match="Expected a plan of rule exact, match or none for resolve"):
+        pystitch.resolve(plan.plan_path)
+    assert not list(tmp_path.glob("**/manifests/*"))
