@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 from . import params as P
 from ._version import __version__
-from .errors import PystitchError
+from .errors import InputError, PystitchError
 
 log = logging.getLogger("pystitch")
 
@@ -260,6 +260,9 @@ def cmd_plan_blocks(o: dict) -> None:
     from .storage.images import ImageSpec
 
     core, backend = P.bind("plan-blocks", o)
+    if core.get("rule") == "flows":
+        raise InputError("Expected --rule exact, match or none for plan-blocks and the Nextflow pipeline. "
+                         "Got --rule flows, which runs with `pystitch run` only.")
     image, output = ImageSpec.from_options(core.pop("image"), core), core.pop("output")
     workers = core.pop("workers")
     with Scheduler(usable_cores() if workers == "auto" else workers, progress=True) as scheduler:

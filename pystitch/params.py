@@ -106,6 +106,8 @@ class Param:
     aliases: tuple[str, ...] = ()
     #: a samplesheet column of the pipeline (given per image, not as one value for all)
     sample_column: bool = False
+    #: the choices the Nextflow pipeline and the plan-blocks step accept, when fewer than ``choices``
+    pipeline_choices: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -249,7 +251,9 @@ PARAMS: tuple[Param, ...] = (
     _p("backend", "str", "segmentation backend", default="threshold", choices=("threshold", "callable", "cellpose"),
        commands=PLAN_AND_RUN, group="segmentation"),
     _p("rule", "str", "stitching rule: exact (objects sharing a voxel in the overlap are one), match (mutual "
-       "best IoU: touching cells stay apart) or none. Default: the backend's", choices=("exact", "match", "none"),
+       "best IoU: touching cells stay apart), none, or flows (cellpose only, pystitch run only: Cellpose's "
+       "dynamics followed across blocks, no seams). Default: the backend's",
+       choices=("exact", "match", "none", "flows"), pipeline_choices=("exact", "match", "none"),
        commands=PLAN_AND_RUN, group="segmentation"),
     _p("min_iou", "float", "IoU threshold of the match rule (default 0.2)", commands=PLAN_AND_RUN,
        group="segmentation", minimum=0.0, maximum=1.0),
@@ -547,7 +551,7 @@ def nextflow_schema() -> dict[str, Any]:
         if default is not None:
             prop["default"] = default
         if p.kind == "str" and p.choices:
-            prop["enum"] = list(p.choices)
+            prop["enum"] = list(p.pipeline_choices or p.choices)
         if p.kind == "shape":
             prop["pattern"] = _SHAPE if not p.choices else rf"^(\d+(\s*,\s*\d+){{0,2}}|{'|'.join(p.choices)})$"
         if p.kind in ("int", "float") and p.choices:  # a number or a word: a string of either

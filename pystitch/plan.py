@@ -29,7 +29,7 @@ from .storage.labels import NGFF_VERSIONS, OUTPUT_FORMATS, LabelLayout
 from .storage.remote import is_remote, is_url, join, name, parent
 
 PLAN_FORMAT = 1
-RULES = ("exact", "match", "none")
+RULES = ("exact", "match", "none", "flows")
 LABEL_DTYPES = ("auto", "uint16", "uint32", "uint64")
 #: IoU threshold of the match rule.  Mutual best matching is what keeps
 #: touching cells apart; the threshold only refuses slivers.  Measured on
@@ -82,6 +82,8 @@ class Plan:
         _ = self.grid  # checks the geometry (BlockGrid)
         if self.rule not in RULES:
             raise InputError(f"Expected a stitch rule among {', '.join(RULES)}. Got {self.rule!r} instead.")
+        if self.rule == "flows":
+            _check_flows(self.backend, nd)
         if not 0.0 < self.min_iou <= 1.0:
             raise InputError(f"Expected min_iou in (0, 1]. Got {self.min_iou} instead.")
         if self.label_dtype not in LABEL_DTYPES:
@@ -242,6 +244,24 @@ class Plan:
         """Which partial output resolve created last (apply-lut records it)."""
         return Path(self.work_dir) / "output-id.json"
 
+    def require_block_rule(self, step: str) -> None:
+        """Refuse a flows plan in the steps of the per-block rules (they would segment blocks on their own)."""
+        if self.rule == "flows":
+            raise InputError(f"Expected a plan of rule exact, match or none for {step}. Got a plan of rule flows "
+                             f"({self.plan_path}), which runs with `pystitch run` only.")
+
+    @property
+    def flows_uri(self) -> str:
+        """The flow store of the flows rule (network output for the whole image)."""
+        return str(Path(self.work_dir) / "flows.zarr")
+
+    def flows_settings(self) -> dict:
+        """What the flows rule's dynamics use (all of it in the hashed backend settings)."""
+        b = self.backend
+        return {"niter": b.get("niter"), "cellprob_threshold": b["cellprob_threshold"],
+                "flow_threshold": b["flow_threshold"], "min_size": b["min_size"],
+                "max_size_fraction": b["max_size_fraction"], "do_3D": self.ndim == 3}
+
     @property
     def staged_input(self) -> Path:
         """Where the local runner copies an in-memory image for its worker processes."""
@@ -290,6 +310,24 @@ class Plan:
             {k: v for k, v in self.backend.items() if k != "name"})
 
 
+def check_rule(rule: str | None, backend: str) -> None:
+    """A rule the backend can run (checked before anything else is planned)."""
+    if rule == "flows" and backend != "cellpose":
+        raise InputError(f"Expected --backend cellpose for --rule flows (it follows Cellpose's flows). "
+                         f"Got --backend {backend} instead.")
+
+
+def _check_flows(backend: dict, ndim: int) -> None:
+    """The flows rule follows Cellpose's own flows: one clear line for what it cannot run."""
+    check_rule("flows", str(backend.get("name")))
+    if backend.get("normalize", "global") != "global":
+        raise InputError(f"Expected --normalize global for --rule flows (every tile normalised as in the whole "
+                         f"image). Got --normalize {backend.get('normalize')} instead.")
+    if ndim == 3 and not backend.get("do_3D", True):
+        raise InputError("Expected --do-3d true for --rule flows on a 3-D image (flows in 3-D). "
+                         "Got --do-3d false (planes stitched by stitch_threshold) instead.")
+
+
 # --------------------------------------------------------------------------- the work directory
 
 
@@ -298,7 +336,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     wd = Path(work_dir)
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
-            wd / "output-id.json", wd / "report.partial", wd / "input.zarr"]
+            wd / "output-id.json", wd / "report.partial", wd / "input.zarr", wd / "flows.zarr"]
 
 
 #: the big stores pystitch writes into a store directory

@@ -738,13 +738,32 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
 
         if pinned and scheduler.workers <= 1:  # one worker: this process segments, on the one device
             runtime = {**runtime, "device": pinned[0]}
+        flows_info = None
+        if plan.rule == "flows":
+            if pinned:
+                runtime = {**runtime, "device": pinned[0]}
+                scheduler.close_pool()
+                scheduler.devices = None
+                scheduler.resize(n_workers)
+            if not finished:
+                flows_info = _flows_stages(plan, runtime, timings)
+                all_blocks = list(range(plan.n_blocks))
+                log.info("stage apply-lut")
+                t = time.perf_counter()
+                _batch_step(scheduler, _apply_task, plan, plan.stats_dir, stats_name, all_blocks, batch_size,
+                            "apply-lut")
+                timings["apply_lut"] = time.perf_counter() - t
+            finished = True  # nothing of the segment, pairs and lut stages below
+            pinned = None
         t = time.perf_counter()
         groups = [] if finished else sweep_order(batches(todo, row), scheduler.workers)
-        log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), scheduler.workers)
+        if groups:
+            log.info("stage segment: %d blocks in %d tasks, %d worker(s)", len(todo), len(groups), scheduler.workers)
         for _ in scheduler.map(_segment_task, [(plan_path, g, runtime) for g in groups], desc="segment",
                                sizes=[len(g) for g in groups]):
             pass
-        timings["segment"] = time.perf_counter() - t
+        if plan.rule != "flows":
+            timings["segment"] = time.perf_counter() - t
         if pinned:
             scheduler.close_pool()
             scheduler.devices = None
@@ -770,13 +789,33 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
         log.info("stage finalize")
         summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
                            extra={"workers": n_workers, "workers_reason": why,
-                                  "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+                                  "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+                                  **({"flows": flows_info} if flows_info is not None else {})})
         if not keep_work:
             plan.clean_work_dir(finished=True)
     elapsed = time.perf_counter() - started
     log.info("done in %s: %d objects in %s (report: %s)", format_duration(elapsed), summary["objects"],
              summary["output"], summary["report_dir"])
     return summary
+
+
+def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float]) -> dict:
+    """The flows rule's predict and dynamics stages, in this process (see :mod:`pystitch.steps.flows_rule`)."""
+    from .steps.flows_rule import labels_from_flows, predict_flows  # cellpose runs only
+
+    backend = plan.make_backend().open(None, **runtime)
+    try:
+        log.info("stage predict (flows rule): the network on every block's own tiles")
+        t = time.perf_counter()
+        store = predict_flows(plan, backend.segmenter)
+        timings["predict"] = time.perf_counter() - t
+        log.info("stage dynamics (flows rule): trajectories, seeds and filters over the whole image")
+        t = time.perf_counter()
+        info = labels_from_flows(plan, store, backend.segmenter)
+        timings["dynamics"] = time.perf_counter() - t
+    finally:
+        backend.close()
+    return info
 
 
 def _read_summary(report_dir: str) -> dict | None:

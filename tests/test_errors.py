@@ -79,7 +79,7 @@ RUN_TABLE = [
     ("unknown option", lambda t, i: i, {"thresold": 3}, InputError, "Unknown option 'thresold' for run. Did you mean 'threshold'?"),
     ("bad threshold", lambda t, i: i, {"threshold": "high"}, InputError, "Expected --threshold to be a number or 'otsu'"),
     ("bad connectivity", lambda t, i: i, {"connectivity": 4}, InputError, "Expected --connectivity between 1 and 3"),
-    ("bad rule", lambda t, i: i, {"rule": "glue"}, InputError, "Expected --rule among exact, match, none. Got 'glue'"),
+    ("bad rule", lambda t, i: i, {"rule": "glue"}, InputError, "Expected --rule among exact, match, none, flows. Got 'glue'"),
     ("bad min_iou", lambda t, i: i, {"min_iou": 0}, InputError, "Expected min_iou in (0, 1]"),
     ("bad label dtype", lambda t, i: i, {"label_dtype": "int8"}, InputError, "Expected --label-dtype among auto, uint16, uint32, uint64. Got 'int8'"),
     ("function not importable", lambda t, i: i, {"backend": "callable", "function": "no_such_mod:f", "threshold": None},

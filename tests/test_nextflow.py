@@ -353,8 +353,11 @@ def test_samplesheet_images_are_resolved_independently(nextflow, tmp_path):
     (["-profile", "test", "--backend", "callable"], ["With --backend callable, give --function"]),
     (["-profile", "test", "--publish_dir_mode", "hardlink"],
      ["--publish_dir_mode must be one of link, copy, copyNoFollow, symlink, rellink, move. Got 'hardlink'."]),
+    # the flows rule runs with `pystitch run` only
+    (["-profile", "test", "--backend", "cellpose", "--rule", "flows"],
+     ["--rule must be one of exact, match, none. Got 'flows'."]),
 ], ids=["missing-input", "bad-block-shape", "unknown-backend", "types-and-ranges", "misspelt-names",
-        "threshold-required", "function-required", "publish-mode"])
+        "threshold-required", "function-required", "publish-mode", "flows-rule"])
 def test_bad_parameters_stop_before_any_task(nextflow, tmp_path, args, messages):
     launch = tmp_path / "launch"
     res = nextflow(launch, *args, "--outdir", tmp_path / "results", "-with-trace", launch / "trace.txt",

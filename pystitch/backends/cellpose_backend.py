@@ -308,6 +308,14 @@ class CellposeBackend(Backend):
         )
         return self
 
+    @property
+    def segmenter(self) -> CellposeSegmenter:
+        """The loaded adapter (after :meth:`open`): what the flows rule's predict step runs."""
+        if self._segmenter is None:
+            self.open()
+        assert self._segmenter is not None
+        return self._segmenter
+
     def close(self) -> None:
         if self._segmenter is not None:
             self._segmenter.close()

@@ -23,7 +23,7 @@ Blocks are processed in any order (``order``) with identical results.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -86,21 +86,26 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
                     flow_threshold: float | None = 0.4, min_size: int = 15, max_size_fraction: float = 0.4,
                     do_3D: bool | None = None, order: Sequence[int] | None = None,
                     offset: Sequence[int] | None = None, argsort: str = "torch",
-                    threads: int = 1) -> tuple[np.ndarray, BlockwiseReport, Resolution]:
+                    threads: int = 1, sink: Callable[[tuple[int, ...], tuple[int, ...], np.ndarray], None] | None = None
+                    ) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
     """Cellpose's masks from ``dP`` and ``cellprob`` computed block by block.
 
     Equal to ``cellpose.dynamics.resize_and_compute_masks`` on the whole arrays
     (up to the numbering when ``min_size <= 0``: ids here are always 1..n by
     first voxel).  ``order`` permutes the blocks of every per-block step;
     ``offset`` shifts the grid (see :func:`block_grid`).
+
+    ``dP`` and ``cellprob`` may be any arrays that slice into numpy (zarr):
+    they are read box by box, never whole.  ``sink(lo, hi, labels)``: takes
+    each block's final labels instead of the returned array (then None).
     """
-    cellprob = np.asarray(cellprob)
-    shape = cellprob.shape
+    cellprob = cellprob if _sliceable(cellprob) else np.asarray(cellprob)
+    shape = tuple(cellprob.shape)
     ndim = len(shape)
     if do_3D is None:
         do_3D = ndim == 3
-    dP = np.asarray(dP)
-    if dP.shape != (ndim, *shape):
+    dP = dP if _sliceable(dP) else np.asarray(dP)
+    if tuple(dP.shape) != (ndim, *shape):
         raise InputError(f"Expected flows of shape {(ndim, *shape)}. Got {dP.shape} instead.")
     grid = block_grid(shape, block, offset)
     order = list(range(len(grid))) if order is None else [int(i) for i in order]
@@ -169,11 +174,15 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
                                max_size_fraction=max_size_fraction, do_3D=do_3D)
 
     # 7. apply
-    out = np.zeros(shape, np.uint32 if resolution.n_objects < 2**32 else np.uint64)
+    out = None if sink is not None else np.zeros(shape, np.uint32 if resolution.n_objects < 2**32 else np.uint64)
     for b in order:
         lo, hi = grid[b]
         box = tuple(slice(a, c) for a, c in zip(lo, hi))
-        out[box] = resolution.apply(staged[box], lo, shape)
+        final = resolution.apply(staged[box], lo, shape)
+        if sink is not None:
+            sink(lo, hi, final)
+        else:
+            out[box] = final
 
     reach = tuple(int(max(f.reach[a] for f in followed.values())) for a in range(ndim))
     report = BlockwiseReport(
@@ -197,3 +206,8 @@ def _clip(piece: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
     for c, a, b in zip(coords, *box):
         inside &= (c >= a) & (c < b)
     return positions[inside], counts[inside]
+
+
+def _sliceable(a: object) -> bool:
+    """An array-like read by slicing (numpy, zarr), not copied whole."""
+    return hasattr(a, "shape") and hasattr(a, "__getitem__") and hasattr(a, "dtype")

@@ -156,6 +156,7 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
     """Compute the pairs of ``blocks`` with their forward neighbours; write one
     ``.npz`` for the batch and return its path."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_block_rule("face-pairs")
     ids = parse_block_ids(blocks, plan.n_blocks)
     if not ids:
         raise InputError("Expected at least one block id.")

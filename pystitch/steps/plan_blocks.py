@@ -21,7 +21,7 @@ import numpy as np
 from ..backends import Backend, make_backend
 from ..errors import InputError, OutputExistsError, PlanMismatchError, StagingError
 from ..grid import parse_shape
-from ..plan import DEFAULT_MIN_IOU, Plan, default_report_dir, default_store_dir, default_work_dir, run_stem
+from ..plan import DEFAULT_MIN_IOU, Plan, check_rule, default_report_dir, default_store_dir, default_work_dir, run_stem
 from ..storage import remote
 from ..storage.files import DirectoryLock, check_writable, contains, exists, real
 from ..storage.images import ImageSource, ImageSpec, absolute_uri, is_url, open_image
@@ -129,6 +129,7 @@ def _plan(spec: ImageSpec, output: str, wd: str, sd: str | None, *, block_shape:
           stats_level: int | None, map_tasks: TaskMap | None, backend_options: dict | None, output_format: str,
           ngff_version: str | None, pyramid_levels: int | None, memory_gb: float | None,
           intensity_stats: bool = False) -> Plan:
+    check_rule(rule, backend)
     source = open_image(spec, cache=False)
     try:
         ndim = source.ndim

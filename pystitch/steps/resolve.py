@@ -146,6 +146,7 @@ def resolve(plan: Plan | str | os.PathLike, *, manifests: Any = None, pairs: Any
     summary (also written as ``resolve.json`` next to the lut)."""
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_block_rule("resolve")
     mans = read_manifests(plan, manifests)
     require_manifests(plan, mans, range(plan.n_blocks), "resolve")
     counts = np.array([block_label_count(plan, mans, b) for b in range(plan.n_blocks)], dtype=np.uint64)

@@ -237,6 +237,7 @@ def segment_blocks(plan: Plan | str | os.PathLike, blocks: Any, *, manifest_dir:
     with the ``runtime`` settings (``device="cuda"``, ``allow_cpu_fallback=True``).
     """
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_block_rule("segment-block")
     ids = parse_block_ids(blocks, plan.n_blocks)
     if plan.image is None:
         raise InputError("This plan has no image: its labels are provided by the caller (pystitch.merge).")

@@ -1,0 +1,66 @@
+"""The flow store of the ``flows`` rule: Cellpose's network output for the whole image.
+
+A zarr group in the work directory (``flows.zarr``) with two float32 arrays
+chunked like the blocks: ``dP`` (ndim, *shape; flows per axis) and
+``cellprob`` (*shape).  Its attributes name the plan it belongs to
+(``plan_hash``, checked on every open like the other staging stores) and say
+when every block was written (``complete``, set last).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from ..errors import StagingError
+from .files import check_plan_hash, remove_path
+from .remote import zarr_kwargs
+
+
+class FlowStore:
+    """Read/write access to one plan's flow store."""
+
+    def __init__(self, group: zarr.Group, uri: str) -> None:
+        self.group = group
+        self.uri = uri
+        self.dP = group["dP"]
+        self.cellprob = group["cellprob"]
+
+    @classmethod
+    def create(cls, uri: str, shape: Sequence[int], block: Sequence[int], plan_hash: str) -> "FlowStore":
+        """An empty store (replacing what ``uri`` held)."""
+        remove_path(uri)
+        shape = tuple(int(s) for s in shape)
+        block = tuple(int(b) for b in block)
+        group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash, "complete": False},
+                                **zarr_kwargs(uri))
+        for name, s, c in (("dP", (len(shape), *shape), (1, *block)), ("cellprob", shape, block)):
+            group.create_array(name=name, shape=s, chunks=c, dtype=np.float32, fill_value=np.nan,
+                               compressors=[Crc32cCodec()])
+        return cls(group, uri)
+
+    @classmethod
+    def open(cls, uri: str, plan_hash: str) -> "FlowStore":
+        """The store at ``uri``, refused unless written for ``plan_hash``."""
+        try:
+            group = zarr.open_group(store=uri, mode="r+", **zarr_kwargs(uri))
+            found = group.attrs.get("plan_hash")
+            group["dP"], group["cellprob"]
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            raise StagingError(f"Flow store {uri} is missing or incomplete ({exc}).") from exc
+        check_plan_hash(found, plan_hash, uri)
+        return cls(group, uri)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete"))
+
+    def mark_complete(self) -> None:
+        self.group.attrs["complete"] = True
+
+    def write(self, core: tuple[slice, ...], dP: np.ndarray, cellprob: np.ndarray) -> None:
+        self.dP[(slice(None), *core)] = np.asarray(dP, np.float32)
+        self.cellprob[core] = np.asarray(cellprob, np.float32)

@@ -1,0 +1,172 @@
+"""``pystitch run --backend cellpose --rule flows`` end to end, offline, with the small test model.
+
+The oracle is Cellpose itself: its whole-image mask computation
+(``dynamics.resize_and_compute_masks``) on the flows the run predicted (the
+flow store, kept with ``keep_work``), and the adapter's own whole-image
+segmentation (network + dynamics, the same global normalisation).  The run's
+labels must equal them -- values included -- on 2-D and 3-D images, whatever
+the block shape.  The rule is refused at plan time for other backends, and a
+flow store of another plan is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cellpose = pytest.importorskip("cellpose", reason="cellpose is not installed")
+torch = pytest.importorskip("torch")
+
+import pystitch  # noqa: E402
+import tiny_cellpose as tiny  # noqa: E402  (tests/support, on sys.path via conftest)
+from helpers import load, save  # noqa: E402
+from pystitch.errors import InputError, PlanMismatchError  # noqa: E402
+
+pytestmark = [pytest.mark.cellpose, pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")]
+
+DIAMETER = 18.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny.tiny_model_path()
+    torch.set_num_threads(threads)
+
+
+def image(shape, seed):
+    return (tiny.synthetic_blobs(shape, seed=seed, fill=0.45, touching=0.6)[0] * 1000).astype(np.uint16)
+
+
+def run_flows(path, out, model, **kw):
+    opts = dict(backend="cellpose", pretrained_model=str(model), diameter=DIAMETER, rule="flows", progress=False,
+                pictures=False, device="cpu", workers=1)
+    opts.update(kw)
+    return pystitch.run(path, out, **opts)
+
+
+def cellpose_masks(dP, cellprob, summary):
+    """Cellpose's own mask computation on the whole arrays, with the run's settings."""
+    from cellpose import dynamics
+    from pystitch.flows.dynamics import installed_dynamics
+
+    b = summary["backend"]
+    extra = {"interp": True} if installed_dynamics().major == 3 else {}
+    return dynamics.resize_and_compute_masks(
+        dP, cellprob, device=torch.device("cpu"), resize=None, niter=summary["flows"]["niter"],
+        cellprob_threshold=b["cellprob_threshold"], flow_threshold=b["flow_threshold"], min_size=b["min_size"],
+        max_size_fraction=b["max_size_fraction"], do_3D=dP.shape[0] == 3, **extra)
+
+
+@pytest.mark.parametrize("shape,block,halo", [((150, 170), (64, 64), None),
+                                              pytest.param((24, 48, 48), (10, 32, 24), (4, 8, 8),
+                                                           marks=pytest.mark.slow)])
+def test_flows_rule_equals_cellpose_on_the_whole_image(model, tmp_path, shape, block, halo) -> None:
+    import zarr
+    from pystitch.backends.cellpose import CellposeSegmenter
+
+    img = image(shape, seed=4)
+    path = save(tmp_path / "img.zarr", img)
+    summary = run_flows(path, tmp_path / "out.zarr", model, block_shape=block, halo=halo, work_dir=tmp_path / "work",
+                        keep_work=True)
+    labels = load(tmp_path / "out.zarr")
+    store = zarr.open_group(str(tmp_path / "work" / "flows.zarr"), mode="r")
+    dP, cellprob = store["dP"][:], store["cellprob"][:]
+    assert not np.isnan(dP).any() and not np.isnan(cellprob).any()  # every block predicted
+    ref = cellpose_masks(dP, cellprob, summary)
+    assert ref.max() >= (10 if len(shape) == 2 else 3)
+    assert np.array_equal(labels, ref)
+    assert summary["objects"] == ref.max() and summary["rule"] == "flows"
+    # and the adapter on the whole image: network and dynamics, the plan's normalisation
+    b = summary["backend"]
+    whole = CellposeSegmenter(pretrained_model=str(model), diameter=DIAMETER, do_3D=len(shape) == 3,
+                              lowhigh=b["lowhigh"], device="cpu")(img)
+    assert np.array_equal(labels, whole)
+    # a normal pystitch output: the regions table counts every object
+    regions = (tmp_path / "out_report" / "regions.csv").read_text().splitlines()
+    assert len(regions) == 1 + ref.max()
+    assert not summary["seam_qc"]["flagged"]  # objects that touch at a seam are not a seam
+
+
+def test_two_block_shapes_give_the_same_labels(model, tmp_path) -> None:
+    """The network's tiles follow the whole image, not the blocks: no blending
+    difference at all between block shapes (bit-identical flows, equal labels)."""
+    path = save(tmp_path / "img.zarr", image((150, 170), seed=7))
+    run_flows(path, tmp_path / "a.zarr", model, block_shape=(64, 64))
+    run_flows(path, tmp_path / "b.zarr", model, block_shape=(48, 100))
+    a, b = load(tmp_path / "a.zarr"), load(tmp_path / "b.zarr")
+    assert a.max() >= 10
+    assert np.array_equal(a, b)
+
+
+def test_flows_rule_with_another_backend_is_refused_at_plan_time(tmp_path) -> None:
+    path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
+    with pytest.raises(InputError, match="Expected --backend cellpose for --rule flows") as info:
+        pystitch.run(path, tmp_path / "out.zarr", backend="threshold", threshold=500, rule="flows",
+                     block_shape=32, progress=False, pictures=False, workers=1)
+    assert "\n" not in str(info.value) and "Got --backend threshold" in str(info.value)
+    assert not (tmp_path / "out.zarr").exists()
+    assert not (tmp_path / "out_report").exists()
+    assert not list(tmp_path.glob("**/plan.json"))
+
+
+def test_the_pipeline_and_plan_blocks_refuse_the_flows_rule(tmp_path, caplog) -> None:
+    import json
+    from pathlib import Path
+
+    from pystitch.cli import main
+
+    schema = json.loads((Path(__file__).parents[1] / "nextflow_schema.json").read_text())
+    rule = next(d["properties"]["rule"] for d in schema["$defs"].values() if "rule" in d.get("properties", {}))
+    assert "flows" not in rule["enum"]
+    path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
+    code = main(["plan-blocks", path, str(tmp_path / "out.zarr"), "--block-shape", "32", "--backend", "cellpose",
+                 "--rule", "flows"])
+    assert code != 0
+    assert "Got --rule flows, which runs with `pystitch run` only." in caplog.text
+    assert not list(tmp_path.glob("**/plan.json"))
+
+
+def test_a_flow_store_of_another_plan_is_refused(model, tmp_path) -> None:
+    from pystitch.steps.flows_rule import predict_flows
+    from pystitch.storage.flowstore import FlowStore
+
+    path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
+    settings = {"pretrained_model": str(model), "diameter": DIAMETER}
+    a = pystitch.plan_blocks(path, tmp_path / "a.zarr", work_dir=tmp_path / "wa", block_shape=32, backend="cellpose",
+                             rule="flows", backend_options=settings)
+    b = pystitch.plan_blocks(path, tmp_path / "b.zarr", work_dir=tmp_path / "wb", block_shape=32, backend="cellpose",
+                             rule="flows", backend_options={**settings, "min_size": 5})
+    assert a.hash != b.hash and a.backend["min_size"] != b.backend["min_size"]  # the dynamics settings are planned
+    FlowStore.create(b.flows_uri, b.shape, b.block_shape, a.hash)  # plan a's store where plan b keeps its own
+    with pytest.raises(PlanMismatchError, match="was produced for plan") as info:
+        predict_flows(b, segmenter=None)
+    assert "\n" not in str(info.value)
+    assert FlowStore.open(b.flows_uri, a.hash).group.attrs["plan_hash"] == a.hash  # refused, not replaced
+
+
+@pytest.mark.parametrize("shape,options,expected", [
+    ((64, 64), {"normalize": "block"}, "Expected --normalize global for --rule flows"),
+    ((12, 32, 32), {"do_3d": False}, "Expected --do-3d true for --rule flows on a 3-D image"),
+])
+def test_what_the_flows_rule_cannot_follow_is_refused_at_plan_time(model, tmp_path, shape, options, expected) -> None:
+    path = save(tmp_path / "img.zarr", image(shape, seed=1))
+    with pytest.raises(InputError, match=expected) as info:
+        pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, halo=4, backend="cellpose", rule="flows",
+                             backend_options={"pretrained_model": str(model), "diameter": DIAMETER, **options})
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.zarr").exists() and not list(tmp_path.glob("**/plan.json"))
+
+
+def test_the_per_block_steps_refuse_a_flows_plan(model, tmp_path) -> None:
+    path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, backend="cellpose", rule="flows",
+                                backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
+    for step, call in (("segment-block", pystitch.segment_blocks), ("face-pairs", pystitch.face_pairs)):
+        with pytest.raises(InputError, match=f"Expected a plan of rule exact, match or none for {step}"):
+            call(plan.plan_path, [0])
+    with pytest.raises(InputError, match="Expected a plan of rule exact, match or none for resolve"):
+        pystitch.resolve(plan.plan_path)
+    assert not list(tmp_path.glob("**/manifests/*"))
