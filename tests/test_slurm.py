@@ -166,8 +166,10 @@ def test_a_job_cancelled_with_scancel_is_retried(slurm, nextflow, tmp_path):
 def test_a_job_killed_by_slurm_for_memory_is_retried_with_more(slurm, nextflow, tmp_path):
     """The first segmentation call holds 1 GB while its task asked for what the
     plan estimated for a callable backend (384 MB for these blocks): SLURM
-    (jobacct_gather + OverMemoryKill, no cgroups here) kills the job outright,
-    leaving no exit status; the task is retried with twice the memory."""
+    (jobacct_gather + OverMemoryKill, no cgroups here) kills the job: either
+    outright, leaving no exit status, or the job step only, when the wrapper
+    lives on to record 137 (which of the two is a race inside slurmstepd); both
+    are retried, with twice the memory."""
     marker = tmp_path / "hog.marker"
     launch, outdir = tmp_path / "launch", tmp_path / "results"
     config = cluster_config(tmp_path / "cluster.config")
@@ -179,7 +181,7 @@ def test_a_job_killed_by_slurm_for_memory_is_retried_with_more(slurm, nextflow, 
     job_id = marker.read_text().strip()
     (killed,) = [r for r in rows if r["native_id"] == job_id]
     assert step(killed) == "SEGMENT_BLOCK" and killed["status"] == "FAILED" and killed["memory"] == "384 MB", killed
-    assert killed["exit"] == "-", killed   # no exit status: the job was killed outright
+    assert killed["exit"] in ("-", "137"), killed   # no exit status, or SIGKILL's
     assert "exceeded memory limit" in (Path(killed["workdir"]) / ".command.log").read_text()
     assert job(job_id)["JobState"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED"), job(job_id)
     (retried,) = [r for r in rows if r["name"] == killed["name"] and r["status"] == "COMPLETED"]
