@@ -23,7 +23,7 @@ from ._version import __version__
 from .backends import Backend, get_backend
 from .errors import InputError, PlanMismatchError
 from .grid import BlockGrid
-from .storage.files import LOCK_NAME, atomic_write_json, read_json, remove_path
+from .storage.files import LOCK_NAME, atomic_write_json, read_json, remove_path, stray_temp_files
 from .storage.images import ImageSpec
 from .storage.labels import NGFF_VERSIONS, OUTPUT_FORMATS, LabelLayout
 from .storage.remote import is_remote, is_url, join, name, parent
@@ -351,6 +351,8 @@ def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False, store_di
     file would let a second run lock a new one)."""
     for path in owned_paths(work_dir):
         remove_path(path)
+        for tmp in stray_temp_files(path):   # a step killed while writing it
+            tmp.unlink(missing_ok=True)
     if store_dir and store_dir != os.fspath(work_dir):
         for store in STORE_NAMES:
             remove_path(join(store_dir, store))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,27 @@ def test_overwrite_only_removes_what_pystitch_wrote(tmp_path):
     assert plan.halo == (2, 2, 2) and (work / "notes.txt").read_text() == "mine"
     plan.clean_work_dir(finished=True)
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
+def test_a_killed_atomic_write_leaves_nothing_behind(tmp_path):
+    """A step killed between writing a small file's temporary copy and renaming
+    it (SIGKILL: no cleanup runs) leaves ``.resolve.json.<random>.tmp``; the
+    finished run's cleanup removes it with the work directory, and only it:
+    files of similar names that pystitch does not write stay."""
+    path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    work = tmp_path / "work"
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=8, halo=1, work_dir=work,
+                                backend_options={"threshold": 500})
+    for name in ("resolve.json", "output-id.json", "plan.json"):
+        os.close(tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=work)[0])   # atomic_write_bytes' name
+    plan.clean_work_dir(finished=True)
+    assert not work.exists()
+    work.mkdir()
+    mine = [".resolve.json.notes.tmp", ".resolve.json.abcdefgh.tmp.bak", "resolve.json.abcdefgh.tmp"]
+    for name in mine:
+        (work / name).write_text("mine")
+    plan.clean_work_dir(finished=True)
+    assert sorted(p.name for p in work.iterdir()) == sorted(mine)
 
 
 def test_image_without_foreground(tmp_path):
