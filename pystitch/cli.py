@@ -312,7 +312,7 @@ def cmd_finalize(o: dict) -> None:
     faces = None if core["qc_faces"] == "all" else core["qc_faces"]
     summary = finalize(core["plan"], lut=core["lut"], stats=_paths(core["stats"]), overwrite=core["overwrite"],
                        trace=core["trace"], qc_faces=faces, pictures=core["pictures"], grid=core["grid"],
-                       output=core["output"], report_dir=core["report_dir"])
+                       output=core["output"], report_dir=core["report_dir"], published_in=core["published_in"])
     print(summary["output"])
     print(summary["report_dir"])
 

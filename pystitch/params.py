@@ -305,6 +305,9 @@ PARAMS: tuple[Param, ...] = (
        commands=("finalize",), nextflow=False),
     _p("trace", "str", "a Nextflow trace file (-with-trace), for per-step timings in the summary", group="step",
        commands=("finalize",), nextflow=False),
+    _p("published_in", "str", "the folder a workflow publishes --output and --report-dir into after this step, "
+       "keeping their relative paths: the summary names them there", group="step", commands=("finalize",),
+       nextflow=False, metavar="DIR"),
     _p("size", "int", "blocks per batch (one task each)", default=64, group="step", commands=("batches",),
        minimum=1, nextflow=False),
     # ---- the built-in example

@@ -62,6 +62,32 @@ def test_cli_chain_equals_run(tmp_path):
         (tmp_path / "run_report" / "regions.csv").read_bytes()
 
 
+def test_finalize_names_where_a_workflow_publishes(tmp_path):
+    """A workflow's finalize task writes into its own directory and the
+    workflow publishes from there: with --published-in the summary names the
+    published paths, where the user finds them, not the task's."""
+    img = save(tmp_path / "img.zarr", blobs((12, 32, 32), seed=4, sigma=2.0, fraction=0.2))
+    plan = sh("plan-blocks", img, tmp_path / "out.zarr", "--block-shape", "6,16,16", "--halo", "1",
+              "--threshold", "500", "--work-dir", tmp_path / "work").stdout.strip().splitlines()[-1]
+    for step in ("segment-block", "face-pairs", "apply-lut"):
+        sh(step, plan, "--blocks", "all")
+        if step == "face-pairs":
+            sh("resolve", plan)
+    task, results = tmp_path / "task", tmp_path / "results"
+    task.mkdir()
+    where = ["--output", "s/labels.zarr", "--report-dir", "s/labels_report"]
+    bad = sh("pystitch", "finalize", plan, "--output", tmp_path / "abs.zarr", "--report-dir", "s/labels_report",
+             "--published-in", results, cwd=task, check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--published-in needs --output as a path relative" in bad.stderr and str(tmp_path / "abs.zarr") in bad.stderr
+    assert not (tmp_path / "abs.zarr").exists()
+    sh("pystitch", "finalize", plan, *where, "--published-in", results, cwd=task)
+    summary = json.loads((task / "s" / "labels_report" / "summary.json").read_text())
+    assert summary["output"] == str(results / "s" / "labels.zarr")
+    assert summary["report_dir"] == str(results / "s" / "labels_report")
+    assert load(task / "s" / "labels.zarr").max() > 0
+
+
 @pytest.mark.parametrize("cmd", STEPS + ["pystitch", "pystitch run", "pystitch finalize"])
 def test_help_goes_to_stdout_and_lists_kebab_case_options(cmd):
     res = sh(*cmd.split(), "--help")

@@ -72,6 +72,8 @@ def test_test_profile_under_the_strict_parser_equals_local_runner_and_oracle(tes
     assert output.is_dir() and (outdir / "example" / "labels_report" / "regions.csv").is_file()
     summary = summary_of(outdir, "example")
     assert summary["blocks"] == 8 and summary["objects"] > 0
+    # the summary names the published paths, not the finalize task's directory
+    assert summary["output"] == str(output) and summary["report_dir"] == str(outdir / "example" / "labels_report")
 
     # every step ran, batched: 8 blocks in batches of 3 -> 3 tasks per batch step
     rows = trace_rows(test_profile_run["launch"] / "trace.txt")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import OutputExistsError, StagingError
+from ..errors import InputError, OutputExistsError, StagingError
 from ..plan import LOCATION_FIELDS, Plan
 from ..report.qc import pictures as qc_pictures, seam_qc, seam_remedy
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = None, stats: Any = None,
              overwrite: bool = False, extra: dict | None = None, trace: str | os.PathLike | None = None,
              qc_faces: int | None = 256, pictures: bool = True, grid: bool = False,
-             output: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None) -> dict:
+             output: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
+             published_in: str | os.PathLike | None = None) -> dict:
     """Write the report (regions table, seam QC, pictures, summary) and publish
     the output; returns the summary.
 
@@ -51,7 +52,9 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
     the plan's paths (e.g. into a workflow task's own directory).  Either may
     be an ``s3://`` URL: the label image is then copied there with its root
     metadata last and the report with its ``summary.json`` last, so neither
-    is seen before it is whole.
+    is seen before it is whole.  ``published_in``: the folder a workflow
+    publishes ``output`` and ``report_dir`` (both relative paths) into after
+    this step; the summary names them there, where the user finds them.
     """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
@@ -60,13 +63,24 @@ def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = 
                        report_dir=absolute_uri(report_dir) if report_dir is not None else plan.report_dir)
         for uri, what in ((plan.output, "output"), (plan.report_dir, "report directory")):
             remote.check_access(uri, what)
+    shown = None
+    if published_in is not None:
+        given = {"--output": output, "--report-dir": report_dir}
+        for flag, value in given.items():
+            if value is None or remote.is_url(str(value)) or Path(value).is_absolute():
+                raise InputError(f"--published-in needs {flag} as a path relative to the task's directory; "
+                                 f"got {value!r}.")
+        shown = {"output": remote.join(absolute_uri(published_in), Path(output).as_posix()),
+                 "report_dir": remote.join(absolute_uri(published_in), Path(report_dir).as_posix())}
     with DirectoryLock(plan.work_dir):
         return _finalize(plan, t0, lut=lut, stats=stats, overwrite=overwrite, extra=extra, trace=trace,
-                         qc_faces=qc_faces, pictures=pictures, grid=grid, keep_partial=output is not None)
+                         qc_faces=qc_faces, pictures=pictures, grid=grid, keep_partial=output is not None,
+                         shown=shown)
 
 
 def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, extra: dict | None, trace: Any,
-              qc_faces: int | None, pictures: bool, grid: bool, keep_partial: bool) -> dict:
+              qc_faces: int | None, pictures: bool, grid: bool, keep_partial: bool,
+              shown: dict | None = None) -> dict:
     table = Lut.open(str(lut) if lut is not None else plan.lut_uri, plan.hash)
     output, report = plan.output, plan.report_dir
     published = is_published(output, plan.hash)
@@ -105,6 +119,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         "image": plan.image.uri if plan.image else None,
         "output": str(output),
         "report_dir": str(report),
+        **(shown or {}),   # where a workflow publishes them
         "shape": list(plan.shape),
         "axes": plan.axes,
         "voxel_size": list(plan.voxel_size) if plan.voxel_size else None,

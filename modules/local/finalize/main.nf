@@ -4,6 +4,7 @@
 // it), next to its report: <sample>/labels.zarr and <sample>/labels_report. publishDir (conf/modules.config) publishes both to
 // <outdir>/<sample>/. The image is staged only so that container engines mount
 // it: the QC pictures read it through the absolute path recorded in plan.json.
+// The summary names the published paths (--published-in), not this task's.
 process FINALIZE {
     tag "${meta.id}"
     label 'process_medium'
@@ -48,6 +49,7 @@ process FINALIZE {
             --stats stats \\
             --output ${meta.id}/labels.zarr \\
             --report-dir ${meta.id}/labels_report \\
+            --published-in '${file(outdir)}' \\
             ${args}
         """
     }
