@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,23 +51,46 @@ def _check_manifest(doc: Any, plan: Plan, where: str) -> dict:
     return doc
 
 
-def read_manifests(plan: Plan, source: Any = None) -> dict[int, dict]:
+#: where a block id can stand in a manifest line (json.dumps' separators, or any spacing)
+_BLOCK_FIELD = re.compile(rb'"block"\s*:\s*(\d+)')
+_MANIFEST_FILE = re.compile(r"block-(\d+)\.json")
+
+
+def read_manifests(plan: Plan, source: Any = None, blocks: Iterable[int] | None = None) -> dict[int, dict]:
     """Read block manifests from a directory, files, or JSON Lines files
-    (concatenated manifests).  ``source`` None means the plan's manifest dir."""
+    (concatenated manifests).  ``source`` None means the plan's manifest dir.
+
+    ``blocks``: keep only the manifests of these blocks.  A JSON Lines file is
+    then streamed and a line is parsed only when a ``"block": <id>`` in it
+    names one of them, so a task that needs a few blocks of a large image
+    neither parses nor holds the manifests of every other block (their lines
+    are checked by the steps that read them)."""
+    wanted = None if blocks is None else {int(b) for b in blocks}
     found: dict[int, dict] = {}
     for path in step_files(source, plan.manifest_dir, "block-*.json"):
         if not path.exists():
             raise StagingError(f"Manifest not found: {path}")
         if path.suffix == ".jsonl":
-            for lineno, line in enumerate(path.read_text().splitlines(), 1):
-                if line.strip():
+            with open(path, "rb") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    if wanted is not None and not any(int(m) in wanted for m in _BLOCK_FIELD.findall(line)):
+                        continue
                     try:
                         doc = json.loads(line)
-                    except json.JSONDecodeError as exc:
+                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         raise StagingError(f"{path}:{lineno} is not valid JSON ({exc}); corrupt manifest.") from exc
-                    _add(found, _check_manifest(doc, plan, f"{path}:{lineno}"), f"{path}:{lineno}")
+                    doc = _check_manifest(doc, plan, f"{path}:{lineno}")
+                    if wanted is None or doc["block"] in wanted:
+                        _add(found, doc, f"{path}:{lineno}")
         else:
-            _add(found, _check_manifest(read_json(path, "manifest"), plan, str(path)), str(path))
+            named = _MANIFEST_FILE.fullmatch(path.name)
+            if wanted is not None and named and int(named.group(1)) not in wanted:
+                continue
+            doc = _check_manifest(read_json(path, "manifest"), plan, str(path))
+            if wanted is None or doc["block"] in wanted:
+                _add(found, doc, str(path))
     return found
 
 

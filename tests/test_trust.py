@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 import pystitch
@@ -94,6 +96,34 @@ def test_a_staging_write_that_fails_behind_is_one_line_and_leaves_no_manifest(im
         return {b: (d["n_labels"], d["pieces"]) for b, d in pystitch.manifests.read_manifests(p).items()}
 
     assert written(plan) == written(clean)
+
+
+def test_a_batch_reads_only_its_blocks_manifests(img, tmp_path):
+    """face-pairs of a batch needs the manifests of its blocks and their
+    neighbours, not every block's of the image (a JSON Lines file of all of
+    them is hundreds of MB at 10^5 blocks): read_manifests(blocks=...) keeps
+    exactly those, from a JSON Lines file or a directory, whatever other
+    fields say "block"."""
+    plan = segmented(img, tmp_path)
+    everything = pystitch.manifests.read_manifests(plan)
+    assert len(everything) == plan.n_blocks > 4
+    jsonl = tmp_path / "manifests.jsonl"
+    rng = np.random.default_rng(0)
+    lines = []
+    for b in rng.permutation(plan.n_blocks):   # gathered in any order, with a decoy field naming another block
+        doc = dict(everything[int(b)], note={"block": int((b + 1) % plan.n_blocks)})
+        lines.append(json.dumps(doc, separators=(",", ":") if b % 2 else (", ", ": ")))
+    jsonl.write_text("\n".join(lines) + "\n\n")
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sets(st.integers(0, plan.n_blocks + 3)))
+    def check(blocks):
+        expected = {b: everything[b] for b in blocks if b in everything}
+        from_lines = pystitch.manifests.read_manifests(plan, jsonl, blocks=blocks)
+        assert {b: {k: v for k, v in d.items() if k != "note"} for b, d in from_lines.items()} == expected
+        assert pystitch.manifests.read_manifests(plan, None, blocks=blocks) == expected
+
+    check()
 
 
 def test_deleted_core_chunk_is_named(img, tmp_path):

@@ -160,10 +160,10 @@ def face_pairs(plan: Plan | str | os.PathLike, blocks: Any, *, manifests: Any = 
     ids = parse_block_ids(blocks, plan.n_blocks)
     if not ids:
         raise InputError("Expected at least one block id.")
-    mans = read_manifests(plan, manifests)
     needed = set(ids)
     for a in ids:
         needed.update(nb for nb, _ in plan.grid.neighbours(a, forward_only=True))
+    mans = read_manifests(plan, manifests, blocks=needed)   # only the batch's: not every block's of the image
     require_manifests(plan, mans, sorted(needed), "face-pairs")
     staging = Staging(plan.staging_uri, plan.grid, plan.hash)
     slabs = _SlabCache(staging, mans)
