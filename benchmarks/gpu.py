@@ -148,14 +148,17 @@ def _find_key(obj, key):
 
 
 def synthetic_balls(shape: tuple[int, ...], diameter: float, seed: int = 0) -> np.ndarray:
-    """Balls (disks in 2-D) 0.8-1.0 diameters wide on a jittered grid (none
-    overlap), 85% of the grid sites filled, random brightness, blurred, noisy;
-    float32 about 0.1 (background) to 1."""
+    """Balls (disks in 2-D) 0.8-1.0 diameters wide on a jittered grid 1.25
+    diameters apart (none overlap), 85% of the grid sites filled, random
+    brightness, blurred, noisy; float32 about 0.1 (background) to 1."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     spacing = 1.25 * diameter
-    axes = [np.arange(spacing / 2, s - spacing / 4, spacing) for s in shape]
+    # sites one spacing apart, the grid centred; an axis thinner than a spacing gets one site in its middle
+    # (the balls are then cut by the image's faces)
+    axes = [(np.arange(int(s // spacing)) + 0.5) * spacing + (s - spacing * int(s // spacing)) / 2
+            if s >= spacing else np.array([s / 2]) for s in shape]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
     grid = grid[rng.random(len(grid)) < 0.85]
     grid = grid + rng.uniform(-0.1, 0.1, grid.shape) * diameter
@@ -476,6 +479,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (image, outputs, logs)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the results' notes (repeatable)")
     args = ap.parse_args(argv)
     begin = time.perf_counter()
 
@@ -509,7 +513,7 @@ def main(argv=None) -> int:
     voxels = int(np.prod(shape))
 
     tmp = Path(tempfile.mkdtemp(prefix="pystitch-gpu-bench-"))
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     try:
         t = time.perf_counter()
         default_diameter = 30.0 if mode == "cuda" else 16.0
