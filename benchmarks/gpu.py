@@ -495,6 +495,9 @@ def main(argv=None) -> int:
         reason = ("--device cpu was asked for." if args.device == "cpu" else
                   f"torch {torch.__version__} sees no CUDA GPU here (built for CUDA {torch.version.cuda}); "
                   "nothing below says anything about GPU throughput.")
+        if args.device != "cpu" and shutil.which("nvidia-smi"):
+            reason += (" nvidia-smi is installed, though: if this machine has a GPU, this torch cannot use it "
+                       "(a CPU-only build, or a CUDA build newer than the driver).")
         device_name = f"CPU: {_cpu_name()}"
         print("CPU mode: no GPU. " + reason, flush=True)
         if major >= 4:
