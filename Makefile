@@ -15,7 +15,7 @@ CP4_VENV := .venv-cp4
 CP4_CONSTRAINTS := requirements/constraints-cellpose4.txt
 SOURCES := setup.py pyproject.toml $(wildcard pystitch/_core/*.pyx)
 
-.PHONY: setup setup-cellpose4 demo test test-main test-cellpose4 bench clean
+.PHONY: setup setup-cellpose4 demo test test-main test-cellpose4 bench bench-gpu clean
 
 # venv + pinned build tools + pystitch (editable, Cython compiled) with extras
 define make_env
@@ -60,6 +60,10 @@ test-cellpose4: setup-cellpose4
 bench: setup
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py
+
+# Cellpose whole image vs pystitch run blockwise on the GPU (CPU mode without one), <= 8 min; GPU_BENCH_ARGS=...
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf build $(DEMO_DIR) pystitch/_core/*.c pystitch/_core/*.cpp pystitch/_core/*.so
