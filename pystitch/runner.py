@@ -165,7 +165,7 @@ class Scheduler:
                     devices.put(self.devices[i % len(self.devices)])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
                                              initargs=(self._queue, levels, dict(self.inputs), self.workers,
-                                                       remote.storage_options(), devices, remote.aws_environment()))
+                                                       remote.storage_options(), devices, dict(os.environ)))
         return self._pool
 
     def _stop_pool(self) -> None:
@@ -266,12 +266,18 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], workers: int,
-                 storage: dict | None = None, devices: Any = None, aws: dict | None = None) -> None:
+                 storage: dict | None = None, devices: Any = None, environment: dict | None = None) -> None:
     """A worker process: its log records and progress reports go to the parent;
     it reads in-memory inputs from their staged copies and URLs with the
     parent's storage options; its numeric libraries share the cores with the
     other workers (unless the environment says); with ``devices`` it takes
     one and keeps it for its whole life (:func:`pin`)."""
+    # the parent's environment as it is now, not as it was when the fork
+    # server started (credentials, PYSTITCH_* settings, a segmenter's own)
+    if environment is not None:
+        for name in set(os.environ) - set(environment):
+            del os.environ[name]
+        os.environ.update(environment)
     threads = str(max(1, usable_cores() // max(1, workers)))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, threads)
@@ -284,7 +290,6 @@ def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], wo
     logging.getLogger("pystitch").setLevel(levels[1])
     set_sink(lambda step, blocks: queue.put((step, blocks)))
     remote.set_storage_options(storage)
-    os.environ.update(aws or {})  # the parent's credentials now (a fork server keeps those it started with)
     if devices is not None:
         pin(devices.get(timeout=60))
 

@@ -141,3 +141,12 @@ def memory_hog_once(block: np.ndarray, marker: str = "", megabytes: int = 1024) 
 def first_channel_threshold(block: np.ndarray, threshold: float = 500) -> np.ndarray:
     """Objects of the first channel (a segmenter given several channels)."""
     return ndimage.label(block[0] > threshold)[0]
+
+
+def needs_environment(block: np.ndarray, name: str, value: str) -> np.ndarray:
+    """Thresholds the block at 500, but only where the environment variable
+    ``name`` holds ``value`` (what a segmenter configured by its environment
+    sees in a worker process)."""
+    if os.environ.get(name) != value:
+        raise RuntimeError(f"{name} is {os.environ.get(name)!r} in this worker, not {value!r}")
+    return ndimage.label(block > 500)[0].astype(np.uint32)

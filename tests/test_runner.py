@@ -140,6 +140,28 @@ def test_a_killed_atomic_write_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in work.iterdir()) == sorted(mine)
 
 
+def test_workers_see_the_environment_of_the_run_not_of_the_fork_server(tmp_path, monkeypatch):
+    """Worker processes come from a fork server started once per Python
+    process: what the caller sets in os.environ afterwards (credentials,
+    PYSTITCH_* settings, a segmenter's own) still reaches them, and what it
+    removed is gone."""
+    from multiprocessing import forkserver
+
+    path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    opts = dict(block_shape=8, halo=1, backend="callable", rule="exact", workers=2, progress=False,
+                function=f"{SEG}:needs_environment")
+    pystitch.run(path, tmp_path / "warm.zarr", **opts, kwargs={"name": "HOME", "value": os.environ["HOME"]})
+    forkserver.ensure_running()   # started before the variable is set
+    monkeypatch.setenv("PYSTITCH_TEST_SETTING", "set after the fork server")
+    s = pystitch.run(path, tmp_path / "a.zarr", **opts,
+                     kwargs={"name": "PYSTITCH_TEST_SETTING", "value": "set after the fork server"})
+    assert s["objects"] > 0
+    monkeypatch.delenv("PYSTITCH_TEST_SETTING")
+    with pytest.raises(SegmenterError, match="PYSTITCH_TEST_SETTING is None in this worker"):
+        pystitch.run(path, tmp_path / "b.zarr", **opts,
+                     kwargs={"name": "PYSTITCH_TEST_SETTING", "value": "set after the fork server"})
+
+
 def test_image_without_foreground(tmp_path):
     path = save(tmp_path / "blank.zarr", np.full((20, 40, 40), 100, np.uint16))
     s = pystitch.run(path, tmp_path / "out.zarr", block_shape=(10, 20, 20), halo=1, threshold=500, progress=False)

@@ -178,12 +178,6 @@ def using(options: Any) -> Iterator[None]:
         set_storage_options(previous)
 
 
-def aws_environment() -> dict[str, str]:
-    """The AWS settings of this process's environment (credentials, profile,
-    endpoint), which worker processes take over."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-
-
 def zarr_kwargs(uri: Any) -> dict[str, Any]:
     """What ``zarr.open*``/``zarr.create*`` need besides the store URL."""
     return {"storage_options": storage_options()} if is_remote(uri) else {}
