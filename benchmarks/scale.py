@@ -508,7 +508,7 @@ def _mem(r: dict) -> float:
     return r.get("peak_pss_mib") or max((s["max_peak_rss_mib"] for s in r.get("steps", {}).values()), default=0)
 
 
-def _files(r: dict) -> int:
+def _created(r: dict) -> int:
     return (r["work"]["total"]["files"] + r["output"]["files"] + r["report"]["files"] if r["runner"] == "local"
             else r["work_dir"]["files"] + r["output"]["files"] + r["report"]["files"])
 
@@ -538,7 +538,7 @@ ROWS = [
      "{}"),
     ("peak PSS of the whole process tree MiB (Nextflow: with its JVM)",
      lambda r: r.get("peak_pss_mib") or r["peak_pss_whole_tree_mib"], "{:.0f}"),
-    ("files created (work + output + report)", _files, "{:d}"),
+    ("files created (work + output + report)", _created, "{:d}"),
     ("output files / MiB", lambda r: f"{r['output']['files']} / {r['output']['bytes'] / 2 ** 20:.0f}", "{}"),
     ("plan files / KiB", lambda r: (lambda p: f"{p['files']} / {p['bytes'] / 1024:.1f}")(
         _parts(r).get("plan.json") or _parts(r)["plan"]), "{}"),
