@@ -2,7 +2,7 @@
 2048^3 = 8.6e9 voxels), end to end with the local runner (``pystitch run``)
 and with the Nextflow pipeline (local executor, ``-with-trace``).
 
-    python benchmarks/scale.py --sizes 512,2048 --nextflow-sizes 512,1024 \\
+    python benchmarks/scale.py --sizes 512,2048 --nextflow-sizes 512,2048 \\
         --scratch /tmp/pystitch-scale --name scale-<date>
 
 The image is written chunk by chunk (never whole in memory): a zstd zarr
