@@ -41,7 +41,7 @@ EXTENSIONS = [
     kernel("_resize", extra=("-ffp-contract=off",)),
 ]
 
-CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut"]
+CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "apply-lut"]
 
 setup(
     name="pystitch",

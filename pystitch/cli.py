@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import glob
+import json
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from . import params as P
 from ._version import __version__
-from .errors import InputError, PystitchError
+from .errors import PystitchError
 
 log = logging.getLogger("pystitch")
 
@@ -43,6 +44,10 @@ SUMMARIES = {
     "face-pairs": "Find the objects of neighbouring blocks that are one object (compares each block with its "
                   "neighbours of larger id with the plan's rule).",
     "resolve": "Join all pairs into final ids (union-find) and write the lut store; create the output array.",
+    "predict-flows": "The flows rule's first step: Cellpose's network over the whole image, block by block, into "
+                     "the plan's flow store (the only step of the rule that wants a GPU).",
+    "follow-flows": "The flows rule's second step: Cellpose's dynamics on the flow store (trajectories, global "
+                    "seeds, mask filters); write the staging labels and the lut store; create the output array.",
     "apply-lut": "Write the final ids of blocks into the output and their region statistics.",
     "finalize": "Regions table, seam QC, pictures and summary; publish the output (its path and the report's "
                 "are printed).",
@@ -260,9 +265,6 @@ def cmd_plan_blocks(o: dict) -> None:
     from .storage.images import ImageSpec
 
     core, backend = P.bind("plan-blocks", o)
-    if core.get("rule") == "flows":
-        raise InputError("Expected --rule exact, match or none for plan-blocks and the Nextflow pipeline. "
-                         "Got --rule flows, which runs with `pystitch run` only.")
     image, output = ImageSpec.from_options(core.pop("image"), core), core.pop("output")
     workers = core.pop("workers")
     with Scheduler(usable_cores() if workers == "auto" else workers, progress=True) as scheduler:
@@ -294,6 +296,21 @@ def cmd_resolve(o: dict) -> None:
 
     core, _ = P.bind("resolve", o)
     resolve(core["plan"], manifests=_paths(core["manifests"]), pairs=_paths(core["pairs"]), out=core["out"])
+
+
+def cmd_predict_flows(o: dict) -> None:
+    from .steps.flows_rule import predict_step
+
+    core, _ = P.bind("predict-flows", o)
+    summary = predict_step(core["plan"], device=core["device"], allow_cpu_fallback=core["allow_cpu_fallback"])
+    print(json.dumps(summary))
+
+
+def cmd_follow_flows(o: dict) -> None:
+    from .steps.flows_rule import follow_step
+
+    core, _ = P.bind("follow-flows", o)
+    follow_step(core["plan"], out=core["out"])
 
 
 def cmd_apply_lut(o: dict) -> None:
@@ -359,6 +376,8 @@ COMMANDS: dict[str, Callable[[dict], None]] = {
     "segment-block": cmd_segment_block,
     "face-pairs": cmd_face_pairs,
     "resolve": cmd_resolve,
+    "predict-flows": cmd_predict_flows,
+    "follow-flows": cmd_follow_flows,
     "apply-lut": cmd_apply_lut,
     "finalize": cmd_finalize,
     "batches": cmd_batches,
@@ -489,5 +508,7 @@ plan_blocks_main = _single("plan-blocks")
 segment_block_main = _single("segment-block")
 face_pairs_main = _single("face-pairs")
 resolve_main = _single("resolve")
+predict_flows_main = _single("predict-flows")
+follow_flows_main = _single("follow-flows")
 apply_lut_main = _single("apply-lut")
 finalize_main = _single("finalize")

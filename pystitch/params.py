@@ -32,8 +32,8 @@ from typing import Any, Iterable, Sequence
 from .errors import InputError
 
 #: the commands (CLIs) of pystitch; "run" is every step on this machine
-COMMANDS = ("run", "plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut", "finalize", "batches",
-            "example", "convert")
+COMMANDS = ("run", "plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows",
+            "apply-lut", "finalize", "batches", "example", "convert")
 #: where a parameter appears only in the pipeline, not in any command
 PIPELINE = "pipeline"
 PLAN_AND_RUN = ("run", "plan-blocks")
@@ -223,7 +223,8 @@ PARAMS: tuple[Param, ...] = (
        "object of s3fs keyword arguments, e.g. {\"endpoint_url\": \"https://minio.example.org\"}; credentials "
        "come from the AWS environment (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws); default: the JSON in "
        "PYSTITCH_STORAGE_OPTIONS", commands=("run", "plan-blocks", "segment-block", "face-pairs", "resolve",
-                                             "apply-lut", "finalize"), group="running", metavar="JSON",
+                                             "predict-flows", "follow-flows", "apply-lut", "finalize"),
+       group="running", metavar="JSON",
        help_text="Every step opens the URLs with them; AWS_ENDPOINT_URL names an S3-compatible endpoint as well. "
        "Keep credentials out of them (they would be in the tasks' scripts): use the AWS environment or profiles."),
     _p("store_dir", "str", "where the big stores go (staging labels, lut, the output being written): a path "
@@ -251,9 +252,9 @@ PARAMS: tuple[Param, ...] = (
     _p("backend", "str", "segmentation backend", default="threshold", choices=("threshold", "callable", "cellpose"),
        commands=PLAN_AND_RUN, group="segmentation"),
     _p("rule", "str", "stitching rule: exact (objects sharing a voxel in the overlap are one), match (mutual "
-       "best IoU: touching cells stay apart), none, or flows (cellpose only, pystitch run only: Cellpose's "
+       "best IoU: touching cells stay apart), none, or flows (cellpose only: Cellpose's "
        "dynamics followed across blocks, no seams). Default: the backend's",
-       choices=("exact", "match", "none", "flows"), pipeline_choices=("exact", "match", "none"),
+       choices=("exact", "match", "none", "flows"),
        commands=PLAN_AND_RUN, group="segmentation"),
     _p("min_iou", "float", "IoU threshold of the match rule (default 0.2)", commands=PLAN_AND_RUN,
        group="segmentation", minimum=0.0, maximum=1.0),
@@ -262,9 +263,9 @@ PARAMS: tuple[Param, ...] = (
        "holds at the backend's memory per worker for the block size (the count is logged)", default="auto",
        choices=("auto",), commands=READERS, group="running", minimum=1, nextflow=False, metavar="N|auto"),
     _p("device", "str", "where a model runs (cellpose): auto (a GPU when the task has one), cpu, cuda, "
-       "cuda:N, mps", commands=("run", "segment-block"), group="running", nextflow=False),
+       "cuda:N, mps", commands=("run", "segment-block", "predict-flows"), group="running", nextflow=False),
     _p("allow_cpu_fallback", "bool", "run on the CPU, with a warning, when the requested GPU is missing",
-       commands=("run", "segment-block"), group="running", nextflow=False),
+       commands=("run", "segment-block", "predict-flows"), group="running", nextflow=False),
     _p("progress", "bool", "show the progress of each step in blocks: a bar on a terminal, else a log line "
        "every PYSTITCH_PROGRESS_SECONDS (30) seconds and every tenth of the work", default=True,
        commands=("run", "convert"),
@@ -282,7 +283,8 @@ PARAMS: tuple[Param, ...] = (
        group="output"),
     # ---- the steps' own inputs and outputs
     _p("plan", "str", "path of plan.json (or of the work directory holding it)", group="step",
-       commands=("segment-block", "face-pairs", "resolve", "apply-lut", "finalize", "batches"), positional=True,
+       commands=("segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "apply-lut", "finalize",
+                 "batches"), positional=True,
        required=True, nextflow=False),
     _p("blocks", "text", "block ids: one (7), a range (0-9), a list (0,3,5), a mix (0-9,12) or all", group="step",
        commands=("segment-block", "face-pairs", "apply-lut"), required=True, nextflow=False, metavar="IDS"),
@@ -300,7 +302,7 @@ PARAMS: tuple[Param, ...] = (
     _p("stats", "paths", "statistics files of apply-lut: a directory, files or globs (default: <work_dir>/stats)",
        group="step", commands=("finalize",), nextflow=False),
     _p("out", "str", "where to write: a file or a directory (default: in the work directory)", group="step",
-       commands=("face-pairs", "resolve", "apply-lut"), nextflow=False),
+       commands=("face-pairs", "resolve", "follow-flows", "apply-lut"), nextflow=False),
     _p("output", "str", "publish the label image here instead of at the plan's output path", group="step",
        commands=("finalize",), nextflow=False),
     _p("trace", "str", "a Nextflow trace file (-with-trace), for per-step timings in the summary", group="step",
@@ -520,7 +522,8 @@ _SCHEMA_GROUPS = {
     "example": ("Example", "The built-in test image."),
 }
 #: which steps of the pipeline receive a parameter given to the pipeline
-_PIPELINE_STEPS = {step: step for step in ("plan-blocks", "segment-block", "face-pairs", "resolve", "apply-lut", "finalize")}
+_PIPELINE_STEPS = {step: step for step in ("plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows",
+                                           "follow-flows", "apply-lut", "finalize")}
 
 
 def _schema_type(p: Param) -> dict[str, Any]:
@@ -583,6 +586,9 @@ def nextflow_schema() -> dict[str, Any]:
     rules = [{"if": {"properties": {"backend": {"const": b}}, "required": ["backend"]},
               "then": {"required": [p.name for p in backend_options(b) if p.required and p.nextflow]}}
              for b in BACKENDS if any(p.required and p.nextflow for p in backend_options(b))]
+    # the flows rule follows Cellpose's flows (plan-blocks says the same, later)
+    rules.append({"if": {"properties": {"rule": {"const": "flows"}}, "required": ["rule"]},
+                  "then": {"properties": {"backend": {"const": "cellpose"}}, "required": ["backend"]}})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -248,7 +248,13 @@ class Plan:
         """Refuse a flows plan in the steps of the per-block rules (they would segment blocks on their own)."""
         if self.rule == "flows":
             raise InputError(f"Expected a plan of rule exact, match or none for {step}. Got a plan of rule flows "
-                             f"({self.plan_path}), which runs with `pystitch run` only.")
+                             f"({self.plan_path}), whose steps are predict-flows and follow-flows.")
+
+    def require_flows_rule(self, step: str) -> None:
+        """Refuse a plan of a per-block rule in the flows rule's steps."""
+        if self.rule != "flows":
+            raise InputError(f"Expected a plan of rule flows for {step}. Got a plan of rule {self.rule} "
+                             f"({self.plan_path}), whose steps are segment-block, face-pairs and resolve.")
 
     @property
     def flows_uri(self) -> str:
@@ -296,7 +302,10 @@ class Plan:
         return frozenset(self.empty_blocks)
 
     def work_blocks(self) -> list[int]:
-        """Blocks that need work (all but those planned empty)."""
+        """Blocks that need work: all but those planned empty; all of them under
+        the flows rule (objects followed from other blocks may end in any)."""
+        if self.rule == "flows":
+            return list(range(self.n_blocks))
         return [b for b in range(self.n_blocks) if b not in self.empty_set]
 
     def label_layout(self) -> LabelLayout:

@@ -3,7 +3,9 @@
 A task of a batch step (segment-block, face-pairs, apply-lut) handles its
 blocks one after the other, so its memory follows the size of ONE block with
 its halo, never the image or the batch: ``base + bytes_per_voxel x voxels``.
-Its time follows the voxels of the whole batch.  A workflow engine asks for
+Its time follows the voxels of the whole batch.  The flows rule's two steps
+(predict-flows, follow-flows) are one task per image: their memory and time
+follow the image's voxels (:func:`flows_estimate`).  A workflow engine asks for
 this much per task (the Nextflow pipeline does, on every executor), so that a
 cluster can pack many small tasks instead of reserving a flat 16 GB each.
 
@@ -45,6 +47,14 @@ MIN_MB = 256  # below the fitted range: a step's process alone holds ~80 MB (imp
 TIME_FACTOR = 10.0
 MIN_MINUTES = 10
 STEPS = tuple(MEASURED)
+#: the flows rule's per-image steps: bytes held per image voxel (at the network's scale 1), from what
+#: they hold (pystitch.steps.flows_rule): predict the network output of every tile (3 float32 per voxel
+#: and orientation, tiles overlapping by 10 % per side; 3 orientations in 3-D), follow an int64 seed label
+#: per voxel, the end point of every foreground voxel and the histogram pieces
+FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2: 24.0, 3: 24.0}}
+#: seconds per image voxel on a CPU: the network as segment-block's Cellpose figure, once per orientation;
+#: the dynamics (200 steps of every foreground voxel)
+FLOWS_SECONDS_PER_VOXEL = {"predict-flows": CELLPOSE_SECONDS_PER_VOXEL, "follow-flows": 5e-6}
 
 
 def block_voxels(plan: Plan) -> int:
@@ -77,12 +87,29 @@ def estimate(plan: Plan, step: str, blocks: int) -> dict:
     }
 
 
+def flows_estimate(plan: Plan, step: str) -> dict:
+    """``{"memory_mb", "minutes", "cpus"}`` of the one task of ``step``
+    (predict-flows or follow-flows) for the whole image of ``plan``."""
+    ndim = len(plan.shape)
+    voxels = math.prod(plan.shape)
+    orientations = 3 if ndim == 3 and step == "predict-flows" else 1
+    memory = (CELLPOSE_BASE_BYTES + FLOWS_BYTES_PER_VOXEL[step][ndim] * voxels) * MEMORY_MARGIN
+    seconds = FLOWS_SECONDS_PER_VOXEL[step] * voxels * orientations
+    return {
+        "memory_mb": max(MIN_MB, int(math.ceil(memory / MIB / 64) * 64)),
+        "minutes": int(max(MIN_MINUTES, math.ceil(seconds * TIME_FACTOR / 60))),
+        "cpus": 4 if step == "predict-flows" else 2,
+    }
+
+
 def resources(plan: Plan | str | os.PathLike, blocks_per_task: int) -> dict:
-    """The estimate of every batch step for tasks of ``blocks_per_task`` blocks."""
+    """The estimate of every batch step for tasks of ``blocks_per_task`` blocks
+    (and of the flows rule's per-image steps for a plan of that rule)."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     blocks = min(int(blocks_per_task), max(1, len(plan.work_blocks())))
+    flows = {step: flows_estimate(plan, step) for step in FLOWS_BYTES_PER_VOXEL} if plan.rule == "flows" else {}
     return {"block_voxels": block_voxels(plan), "blocks_per_task": blocks,
-            **{step: estimate(plan, step, blocks) for step in STEPS}}
+            **{step: estimate(plan, step, blocks) for step in STEPS}, **flows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from .steps.finalize import finalize
 from .steps.plan_blocks import WHEN_SCANNING, AlreadyDone, check_run_locations, plan_blocks
 from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
-from .storage.files import DirectoryLock, read_json, read_npz
+from .storage.files import DirectoryLock, atomic_write_json, read_json, read_npz
 from .storage.images import ImageSpec, absolute_uri, cache_capacity
 from .storage import remote
 from .storage.labels import is_published
@@ -806,8 +806,12 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
 
 def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float]) -> dict:
     """The flows rule's predict and dynamics stages, in this process (see :mod:`pystitch.steps.flows_rule`)."""
-    from .steps.flows_rule import labels_from_flows, predict_flows  # cellpose runs only
+    from .steps.flows_rule import already_followed, labels_from_flows, predict_flows, summary_path  # cellpose only
 
+    done = already_followed(plan)
+    if done is not None:  # killed while writing the output: apply-lut goes on with the same lut
+        log.info("the lut of this plan's flows exists (%s): predict and dynamics skipped", plan.lut_uri)
+        return done.get("flows", {"objects": done.get("objects")})
     backend = plan.make_backend().open(None, **runtime)
     try:
         log.info("stage predict (flows rule): the network on every block's own tiles")
@@ -820,6 +824,9 @@ def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float]) -> dict:
         timings["dynamics"] = time.perf_counter() - t
     finally:
         backend.close()
+    atomic_write_json(summary_path(plan, plan.lut_uri),
+                      {"plan_hash": plan.hash, "objects": info["objects"], "blocks": plan.n_blocks, "rule": "flows",
+                       "flows": info})
     return info
 
 

@@ -11,6 +11,8 @@ flow store of another plan is refused.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ torch = pytest.importorskip("torch")
 import pystitch  # noqa: E402
 import tiny_cellpose as tiny  # noqa: E402  (tests/support, on sys.path via conftest)
 from helpers import load, save  # noqa: E402
+from nf_support import nextflow  # noqa: E402,F401  (the session fixture)
 from pystitch.errors import InputError, PlanMismatchError  # noqa: E402
 
 pytestmark = [pytest.mark.cellpose, pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
@@ -112,21 +115,87 @@ def test_flows_rule_with_another_backend_is_refused_at_plan_time(tmp_path) -> No
     assert not list(tmp_path.glob("**/plan.json"))
 
 
-def test_the_pipeline_and_plan_blocks_refuse_the_flows_rule(tmp_path, caplog) -> None:
-    import json
-    from pathlib import Path
+def flows_cli(model, *extra):
+    return ["--backend", "cellpose", "--pretrained-model", str(model), "--diameter", str(DIAMETER),
+            "--rule", "flows", *extra]
 
+
+def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys) -> None:
+    """plan-blocks, predict-flows, follow-flows, apply-lut and finalize (what the
+    pipeline runs as tasks) give the labels of ``pystitch run --rule flows``; a
+    rerun of follow-flows after apply-lut reuses its lut and keeps the output
+    apply-lut wrote (it never recreates it empty)."""
     from pystitch.cli import main
 
-    schema = json.loads((Path(__file__).parents[1] / "nextflow_schema.json").read_text())
-    rule = next(d["properties"]["rule"] for d in schema["$defs"].values() if "rule" in d.get("properties", {}))
-    assert "flows" not in rule["enum"]
+    path = save(tmp_path / "img.zarr", image((96, 120), seed=3))
+    run_flows(path, tmp_path / "run.zarr", model, block_shape=(40, 48))
+    assert main(["plan-blocks", path, str(tmp_path / "out.zarr"), "--block-shape", "40,48",
+                 "--work-dir", str(tmp_path / "work"), *flows_cli(model)]) == 0
+    plan = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["predict-flows", plan, "--device", "cpu"]) == 0
+    predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert predicted["blocks"] == 9 and predicted["flows"].endswith("flows.zarr")
+    assert main(["follow-flows", plan]) == 0
+    resolved = json.loads((tmp_path / "work" / "resolve.json").read_text())
+    assert main(["apply-lut", plan, "--blocks", "all"]) == 0
+    assert main(["follow-flows", plan]) == 0  # rerun: nothing to do
+    assert main(["finalize", plan, "--nopictures"]) == 0
+    labels, reference = load(tmp_path / "out.zarr"), load(tmp_path / "run.zarr")
+    assert reference.max() >= 10 and resolved["objects"] == reference.max()
+    assert np.array_equal(labels, reference)
+    assert json.loads((tmp_path / "work" / "resolve.json").read_text()) == resolved  # the first one's
+
+
+def test_a_run_killed_while_writing_the_output_resumes_without_predicting_again(model, tmp_path, caplog) -> None:
+    """The lut and output that follow-flows made are what a resumed `pystitch run`
+    finishes: predict and the dynamics are not run again."""
+    import logging
+
+    from pystitch.resources import resources
+    from pystitch.steps.flows_rule import follow_step, predict_step
+
+    path = save(tmp_path / "img.zarr", image((96, 120), seed=3))
+    run_flows(path, tmp_path / "ref.zarr", model, block_shape=(40, 48))
+    options = {"pretrained_model": str(model), "diameter": DIAMETER}
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=(40, 48), backend="cellpose", rule="flows",
+                                work_dir=tmp_path / "work", backend_options=options)
+    predict_step(plan.plan_path, device="cpu")
+    follow_step(plan.plan_path)
+    pystitch.apply_lut(plan.plan_path, [0, 1, 2])  # killed after three blocks
+    with caplog.at_level(logging.INFO, logger="pystitch"):
+        run_flows(path, tmp_path / "out.zarr", model, block_shape=(40, 48), work_dir=tmp_path / "work",
+                  skip_empty=True)
+    assert "predict and dynamics skipped" in caplog.text
+    assert "stage predict" not in caplog.text
+    assert np.array_equal(load(tmp_path / "out.zarr"), load(tmp_path / "ref.zarr"))
+    # the pipeline's per-image tasks of the rule get requests (a plan of another rule has none)
+    from pystitch.backends.cellpose_backend import BASE_BYTES
+
+    estimates = resources(plan, 4)
+    assert all(estimates[step]["memory_mb"] * 2 ** 20 >= BASE_BYTES for step in ("predict-flows", "follow-flows"))
+    assert "predict-flows" not in resources(pystitch.plan_blocks(path, tmp_path / "e.zarr", block_shape=32, halo=2,
+                                                                 backend_options={"threshold": 1}), 4)
+
+
+def test_follow_flows_refuses_an_unfinished_flow_store(model, tmp_path) -> None:
+    from pystitch.errors import StagingError
+    from pystitch.steps.flows_rule import follow_step, predict_step
+    from pystitch.storage.flowstore import FlowStore
+
     path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
-    code = main(["plan-blocks", path, str(tmp_path / "out.zarr"), "--block-shape", "32", "--backend", "cellpose",
-                 "--rule", "flows"])
-    assert code != 0
-    assert "Got --rule flows, which runs with `pystitch run` only." in caplog.text
-    assert not list(tmp_path.glob("**/plan.json"))
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, backend="cellpose", rule="flows",
+                                backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
+    FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)  # as a killed predict-flows leaves it
+    with pytest.raises(StagingError, match="Expected a complete flow store") as info:
+        follow_step(plan.plan_path)
+    assert "\n" not in str(info.value) and "run predict-flows on this plan first" in str(info.value)
+    assert not (tmp_path / "out_work" / "lut.zarr").exists() and not list(tmp_path.glob("**/lut.zarr"))
+    # and a plan of another rule is refused by both steps
+    other = pystitch.plan_blocks(path, tmp_path / "exact.zarr", block_shape=32, halo=2,
+                                 backend_options={"threshold": 1})
+    for call, step in ((predict_step, "predict-flows"), (follow_step, "follow-flows")):
+        with pytest.raises(InputError, match=f"Expected a plan of rule flows for {step}. Got a plan of rule exact"):
+            call(other.plan_path)
 
 
 def test_a_flow_store_of_another_plan_is_refused(model, tmp_path) -> None:
@@ -170,3 +239,34 @@ def test_the_per_block_steps_refuse_a_flows_plan(model, tmp_path) -> None:
     with pytest.raises(InputError, match="Expected a plan of rule exact, match or none for resolve"):
         pystitch.resolve(plan.plan_path)
     assert not list(tmp_path.glob("**/manifests/*"))
+
+
+
+@pytest.mark.slow
+@pytest.mark.nextflow
+def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) -> None:
+    """``nextflow run main.nf --backend cellpose --rule flows``: predict-flows and
+    follow-flows run as one task each per image, apply-lut in batches; the
+    published labels and regions table are byte for byte those of ``pystitch
+    run --rule flows`` on the same image; -resume caches every task."""
+    from nf_support import assert_same_labels, ok, reference_run, step, trace_rows
+
+    path = save(tmp_path / "img.zarr", image((96, 120), seed=3))
+    settings = ["--backend", "cellpose", "--pretrained_model", model, "--diameter", DIAMETER, "--rule", "flows",
+                "--block_shape", "40,48", "--halo", "8,8"]
+    launch, outdir = tmp_path / "launch", tmp_path / "results"
+    ok(nextflow(launch, "-profile", "test", "--input", path, *settings, "--outdir", outdir,
+                "-with-trace", launch / "trace.txt", parser="v2"))
+    rows = trace_rows(launch / "trace.txt")
+    counts = {s: sum(step(r) == s for r in rows) for s in {step(r) for r in rows}}
+    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 1, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3, "FINALIZE": 1}
+
+    reference_run(path, tmp_path / "run.zarr", *[str(a).replace("_", "-") if str(a).startswith("--") else a
+                                                 for a in settings])
+    labels = assert_same_labels(outdir / "img" / "labels.zarr", tmp_path / "run.zarr")
+    assert labels.max() >= 10
+
+    ok(nextflow(launch, "-profile", "test", "--input", path, *settings, "--outdir", outdir,
+                "-resume", "-with-trace", launch / "trace2.txt", parser="v2"))
+    assert {r["status"] for r in trace_rows(launch / "trace2.txt")} == {"CACHED"}
+    np.testing.assert_array_equal(load(outdir / "img" / "labels.zarr"), labels)

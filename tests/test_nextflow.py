@@ -355,9 +355,9 @@ def test_samplesheet_images_are_resolved_independently(nextflow, tmp_path):
     (["-profile", "test", "--backend", "callable"], ["With --backend callable, give --function"]),
     (["-profile", "test", "--publish_dir_mode", "hardlink"],
      ["--publish_dir_mode must be one of link, copy, copyNoFollow, symlink, rellink, move. Got 'hardlink'."]),
-    # the flows rule runs with `pystitch run` only
-    (["-profile", "test", "--backend", "cellpose", "--rule", "flows"],
-     ["--rule must be one of exact, match, none. Got 'flows'."]),
+    # the flows rule follows Cellpose's flows
+    (["-profile", "test", "--rule", "flows"],
+     ["With --rule flows, give --backend cellpose."]),
 ], ids=["missing-input", "bad-block-shape", "unknown-backend", "types-and-ranges", "misspelt-names",
         "threshold-required", "function-required", "publish-mode", "flows-rule"])
 def test_bad_parameters_stop_before_any_task(nextflow, tmp_path, args, messages):

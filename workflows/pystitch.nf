@@ -7,6 +7,13 @@
  *                │                                                    │
  *                └─ batches + lut.zarr ─► APPLY_LUT ─► (per image) FINALIZE
  *
+ * With --rule flows (Cellpose's dynamics followed across blocks: no seams, no
+ * matching) two per-image steps take the place of segment, face-pairs and
+ * resolve, and write the same lut.zarr:
+ *
+ *   PLAN_BLOCKS ─► PREDICT_FLOWS (the network; the only GPU task) ─► FOLLOW_FLOWS
+ *                  ─► lut.zarr ─► APPLY_LUT (every block) ─► FINALIZE
+ *
  * One task handles a batch of `blocks_per_task` blocks (listed by `pystitch
  * batches`, blocks planned empty left out), so 10^5 blocks are not 10^5 jobs.
  * Per-image steps wait only for the batches of their own image: the results of
@@ -30,6 +37,8 @@ include { SEGMENT_BLOCK    } from '../modules/local/segment_block'
 include { GATHER_MANIFESTS } from '../modules/local/gather_manifests'
 include { FACE_PAIRS       } from '../modules/local/face_pairs'
 include { RESOLVE          } from '../modules/local/resolve'
+include { PREDICT_FLOWS    } from '../modules/local/predict_flows'
+include { FOLLOW_FLOWS     } from '../modules/local/follow_flows'
 include { APPLY_LUT        } from '../modules/local/apply_lut'
 include { FINALIZE         } from '../modules/local/finalize'
 
@@ -91,37 +100,60 @@ workflow PYSTITCH {
         .join(ch_estimates)
         .flatMap { meta, plan, image, specs, estimates -> specs.collect { spec -> [ meta, plan, image, spec, estimates ] } }
 
-    //
-    // Segment each batch; gather its manifests per image into one JSON Lines file
-    //
-    SEGMENT_BLOCK(
-        ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['segment-block'] ] }
-    )
+    if (params.rule == 'flows') {
+        //
+        // The flows rule: the network over each image, then Cellpose's dynamics over it
+        //
+        PREDICT_FLOWS(
+            ch_plan
+                .join(ch_images)
+                .join(ch_estimates)
+                .map { meta, plan, image, estimates -> [ meta, plan, image, estimates['predict-flows'] ] }
+        )
 
-    GATHER_MANIFESTS(gatherPerImage(SEGMENT_BLOCK.out.manifests, ch_counts))
-    ch_manifests = GATHER_MANIFESTS.out.manifests // [ meta, manifests.jsonl ]
+        FOLLOW_FLOWS(
+            ch_plan
+                .join(PREDICT_FLOWS.out.json)
+                .join(ch_estimates)
+                .map { meta, plan, predicted, estimates -> [ meta, plan, predicted, estimates['follow-flows'] ] }
+        )
+        ch_lut      = FOLLOW_FLOWS.out.lut
+        ch_resolved = FOLLOW_FLOWS.out.json
+    } else {
+        //
+        // Segment each batch; gather its manifests per image into one JSON Lines file
+        //
+        SEGMENT_BLOCK(
+            ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['segment-block'] ] }
+        )
 
-    //
-    // Pairs across the faces of each batch (with the manifests of the whole image)
-    //
-    FACE_PAIRS(
-        ch_batches
-            .combine(ch_manifests, by: 0)
-            .map { meta, plan, _image, spec, estimates, manifests -> [ meta, plan, manifests, spec, estimates['face-pairs'] ] }
-    )
+        GATHER_MANIFESTS(gatherPerImage(SEGMENT_BLOCK.out.manifests, ch_counts))
+        ch_manifests = GATHER_MANIFESTS.out.manifests // [ meta, manifests.jsonl ]
 
-    //
-    // Resolve once per image, then relabel each batch
-    //
-    RESOLVE(
-        ch_plan
-            .join(ch_manifests)
-            .join(gatherPerImage(FACE_PAIRS.out.pairs, ch_counts))
-    )
+        //
+        // Pairs across the faces of each batch (with the manifests of the whole image)
+        //
+        FACE_PAIRS(
+            ch_batches
+                .combine(ch_manifests, by: 0)
+                .map { meta, plan, _image, spec, estimates, manifests -> [ meta, plan, manifests, spec, estimates['face-pairs'] ] }
+        )
+
+        //
+        // Resolve once per image, then relabel each batch
+        //
+        RESOLVE(
+            ch_plan
+                .join(ch_manifests)
+                .join(gatherPerImage(FACE_PAIRS.out.pairs, ch_counts))
+        )
+        ch_lut      = RESOLVE.out.lut  // [ meta, lut.zarr ]
+        ch_resolved = RESOLVE.out.json // [ meta, resolve.json ]
+    }
 
     APPLY_LUT(
         ch_batches
-            .combine(RESOLVE.out.lut, by: 0)
+            .combine(ch_lut, by: 0)
             .map { meta, plan, image, spec, estimates, lut -> [ meta, plan, image, lut, spec, estimates['apply-lut'] ] }
     )
 
@@ -131,13 +163,13 @@ workflow PYSTITCH {
     FINALIZE(
         ch_plan
             .join(ch_images)
-            .join(RESOLVE.out.lut)
+            .join(ch_lut)
             .join(gatherPerImage(APPLY_LUT.out.stats, ch_counts))
     )
 
     results  = FINALIZE.out.results
     summary  = FINALIZE.out.summary
-    resolved = RESOLVE.out.json
+    resolved = ch_resolved
 
     // (emit by name only: see subworkflows/local/utils_pystitch)
     emit:

@@ -16,7 +16,14 @@ Cellpose computes on the whole image, block by block:
    ``1..n`` with a lut of their final ids, so that apply-lut and finalize
    write a normal pystitch output (labels, pyramid, regions, summary).
 
-Both stages run in the calling process.  Memory: predict holds the network
+``pystitch run`` runs both stages in its own process; a workflow runs them
+as two tasks, :func:`predict_step` (``predict-flows``, the network: the only
+one that wants a GPU) and :func:`follow_step` (``follow-flows``, on the CPU),
+then apply-lut and finalize as for any rule.  A rerun of either reuses what
+is complete: predict a complete flow store of the plan, follow the lut and
+partial output it made (never recreating an output apply-lut has written).
+
+Each stage runs in one process.  Memory: predict holds the network
 output of every tile of the image until the blocks are blended (3 float32 per
 network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the three
 orientations); the dynamics hold what ``masks_blockwise`` holds (the end point
@@ -29,22 +36,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..errors import LabelOverflowError
+from ..errors import LabelOverflowError, StagingError
 from ..flows.blockwise import masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
 from ..flows.predict import Geometry, batch_input, blend
 from ..plan import Plan
-from ..storage.files import atomic_write_json, exists
+from ..storage.files import atomic_write_json, exists, read_json
 from ..storage.flowstore import FlowStore
 from ..storage.images import open_image
-from ..storage.labels import LabelOutput
-from ..storage.lut import write_lut
+from ..storage.labels import LabelOutput, is_published
+from ..storage.lut import Lut, write_lut
+from ..storage.remote import is_url
 from ..storage.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -92,10 +103,11 @@ def predict_flows(plan: Plan, segmenter: Any) -> FlowStore:
     return store
 
 
-def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any) -> dict:
+def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | os.PathLike | None = None) -> dict:
     """Cellpose's dynamics on the flow store, block by block; writes the staging
-    labels, the lut and the partial output that apply-lut and finalize take.
-    Returns what the dynamics measured (for the summary)."""
+    labels, the lut (at ``out``, default the plan's) and the partial output
+    that apply-lut and finalize take.  Returns what the dynamics measured
+    (for the summary)."""
     s = plan.flows_settings()
     niter = niter_for(segmenter.major, segmenter.model_facts().rescale, niter=s["niter"])
     staging = Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
@@ -126,11 +138,12 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any) -> dict:
     voxels = np.array([int(np.count_nonzero(staging.core[plan.grid.core(b)])) if counts[b] else 0
                        for b in range(plan.n_blocks)], np.uint64)
     lut = np.concatenate([np.zeros(1, np.uint64)] + [ids[b] for b in range(plan.n_blocks)])
-    inputs = hashlib.sha256(json.dumps([plan.hash, "flows", counts.tolist()]).encode()).hexdigest()
+    inputs = flows_inputs(plan)
     attrs = {"plan_hash": plan.hash, "n_objects": n_final, "n_provisional": n_prov,
              "merges": n_prov - n_final, "pairs": 0, "pystitch": __version__, "inputs": inputs}
     LabelOutput.create(plan.partial_output, plan.label_layout(), dtype, plan.hash)
-    write_lut(plan.lut_uri, [lut], n_prov + 1, offsets, dtype, attrs, extra={"voxels": voxels})
+    write_lut(str(out) if out is not None else plan.lut_uri, [lut], n_prov + 1, offsets, dtype, attrs,
+              extra={"voxels": voxels})
     atomic_write_json(plan.output_id_path, {"plan_hash": plan.hash, "output_id": uuid.uuid4().hex,
                                             "lut_inputs": inputs})
     log.info("flows: %d objects from %d seeds (%d trajectories followed again in a larger window)",
@@ -148,3 +161,85 @@ def _dtype(label_dtype: str, n_final: int) -> np.dtype:
         raise LabelOverflowError(f"{n_final} objects do not fit in {label_dtype} (at most "
                                  f"{DTYPE_LIMITS[label_dtype]}). Use --label-dtype auto or a larger type.")
     return np.dtype(label_dtype)
+
+
+def flows_inputs(plan: Plan) -> str:
+    """What the lut of the flows rule is computed from: the plan (which fixes
+    the image, the model and every setting of the network and the dynamics)."""
+    return hashlib.sha256(json.dumps([plan.hash, "flows"]).encode()).hexdigest()
+
+
+def predict_step(plan: Plan | str | os.PathLike, *, device: str | None = None,
+                 allow_cpu_fallback: bool | None = None) -> dict:
+    """``predict-flows``: the network over the whole image into the plan's flow
+    store (nothing to do when it is complete).  Returns a summary."""
+    t0 = time.perf_counter()
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_flows_rule("predict-flows")
+    runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
+               if v is not None}
+    backend = plan.make_backend().open(None, **runtime)
+    try:
+        predict_flows(plan, backend.segmenter)
+    finally:
+        backend.close()
+    return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": plan.n_blocks,
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def follow_step(plan: Plan | str | os.PathLike, *, out: str | os.PathLike | None = None) -> dict:
+    """``follow-flows``: Cellpose's dynamics on the complete flow store of the
+    plan: the staging labels, the lut (``out``, default the plan's) and the
+    partial output, as resolve leaves them.  Returns the summary, also written
+    as ``resolve.json`` beside the lut."""
+    t0 = time.perf_counter()
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_flows_rule("follow-flows")
+    uri = str(out) if out is not None else plan.lut_uri
+    done = already_followed(plan, uri)
+    if done is not None:
+        log.info("the lut of this plan's flows exists (%s): nothing to do", uri)
+        return done
+    store = FlowStore.open(plan.flows_uri, plan.hash)  # another plan's store is refused
+    if not store.complete:  # a partial result is never consumed
+        raise StagingError(f"Expected a complete flow store at {plan.flows_uri}. Got one that predict-flows has not "
+                           "finished (killed, or still running): run predict-flows on this plan first.")
+    backend = plan.make_backend().open(None, device="cpu")  # the dynamics run on the CPU
+    try:
+        info = labels_from_flows(plan, store, backend.segmenter, out=uri)
+    finally:
+        backend.close()
+    summary = {"plan_hash": plan.hash, "objects": info["objects"], "blocks": plan.n_blocks, "rule": "flows",
+               "flows": info, "seconds": round(time.perf_counter() - t0, 4)}
+    atomic_write_json(summary_path(plan, uri), summary)
+    return summary
+
+
+def summary_path(plan: Plan, lut_uri: str) -> Path:
+    """resolve.json: beside the lut, or in the work directory when the lut is at a URL."""
+    return Path(plan.work_dir) / "resolve.json" if is_url(lut_uri) else Path(lut_uri).with_name("resolve.json")
+
+
+def already_followed(plan: Plan, uri: str | None = None) -> dict | None:
+    """The summary of an earlier follow-flows of this plan whose lut is at
+    ``uri`` (default the plan's) and whose output is still usable (being
+    written by apply-lut, or published); None otherwise."""
+    uri = uri if uri is not None else plan.lut_uri
+    try:
+        lut = Lut.open(uri, plan.hash)
+    except StagingError:
+        return None
+    if lut.attrs.get("inputs") != flows_inputs(plan):
+        return None
+    try:
+        current = read_json(plan.output_id_path, "output id")
+    except StagingError:
+        current = None
+    partial_ok = current is not None and current.get("lut_inputs") == flows_inputs(plan) and exists(
+        plan.partial_output)
+    if not partial_ok and not is_published(plan.output, plan.hash):
+        return None
+    try:
+        return read_json(summary_path(plan, uri), "follow-flows summary")
+    except StagingError:
+        return {"plan_hash": plan.hash, "objects": lut.n_objects, "rule": "flows"}

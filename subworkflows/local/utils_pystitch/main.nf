@@ -195,8 +195,9 @@ def validateParameters(schema) {
         if (satisfies(rule['if'], params) && !satisfies(rule['then'], params)) {
             def condition = rule['if'].properties.collect { name, spec -> "--${name} ${spec.const}" }.join(' and ')
             def needed = (rule['then'].required ?: []).collect { name ->
-                def pattern = rule['then'].properties?.get(name)?.pattern
-                "--${name}" + (pattern ? " with ${pattern}" : '') + " (${props[name]?.description ?: ''})"
+                def spec = rule['then'].properties?.get(name)
+                spec?.containsKey('const') ? "--${name} ${spec.const}" :
+                    "--${name}" + (spec?.pattern ? " with ${spec.pattern}" : '') + " (${props[name]?.description ?: ''})"
             }
             errors << "With ${condition}, give ${needed.join(' and ')}."
         }
