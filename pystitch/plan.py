@@ -258,8 +258,9 @@ class Plan:
 
     @property
     def flows_uri(self) -> str:
-        """The flow store of the flows rule (network output for the whole image)."""
-        return str(Path(self.work_dir) / "flows.zarr")
+        """The flow store of the flows rule (network output for the whole image),
+        with the other big stores (a path or an s3:// URL)."""
+        return join(self.stores, "flows.zarr")
 
     def flows_settings(self) -> dict:
         """What the flows rule's dynamics use (all of it in the hashed backend settings)."""
@@ -349,7 +350,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
 
 
 #: the big stores pystitch writes into a store directory
-STORE_NAMES = ("staging.zarr", "lut.zarr", "lut.zarr.incomplete", "output.partial.zarr")
+STORE_NAMES = ("staging.zarr", "lut.zarr", "lut.zarr.incomplete", "output.partial.zarr", "flows.zarr")
 
 
 def clean_work_dir(work_dir: str | os.PathLike, finished: bool = False, store_dir: str | None = None) -> None:

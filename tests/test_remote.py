@@ -128,6 +128,35 @@ def test_run_through_the_object_store_equals_the_filesystem_run(tmp_path, s3):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.cellpose
+def test_the_flows_rule_keeps_its_flow_store_with_the_other_big_stores(tmp_path, s3):
+    """--rule flows with the big stores in the bucket: the flow store goes there
+    too (where every task of a cloud run reaches it), the labels are the
+    filesystem run's, and nothing of the run stays in the bucket."""
+    pytest.importorskip("cellpose", reason="cellpose is not installed")
+    import pystitch
+    import tiny_cellpose as tiny
+    from pystitch.plan import Plan
+
+    image = (tiny.synthetic_blobs((64, 80), seed=2, fill=0.45, touching=0.6)[0] * 1000).astype(np.uint16)
+    local = str(tmp_path / "in.zarr")
+    zarr.create_array(store=local, shape=image.shape, dtype=image.dtype, chunks=(32, 32))[...] = image
+    options = dict(block_shape=(32, 40), backend="cellpose", rule="flows", progress=False, pictures=False, workers=1,
+                   pretrained_model=str(tiny.tiny_model_path()), diameter=18.0, device="cpu")
+    a = pystitch.run(local, str(tmp_path / "fs" / "out.zarr"), **options)
+    stores = f"{s3['url']}/stores"
+    b = pystitch.run(local, str(tmp_path / "s3" / "out.zarr"), work_dir=str(tmp_path / "wd"), store_dir=stores,
+                     keep_work=True, **options)
+    assert a["objects"] == b["objects"] >= 5
+    np.testing.assert_array_equal(load(tmp_path / "s3" / "out.zarr"), load(tmp_path / "fs" / "out.zarr"))
+    plan = Plan.load(tmp_path / "wd")
+    assert plan.flows_uri == f"{stores}/flows.zarr"
+    assert any(name.startswith("stores/flows.zarr/") for name in _objects(s3))
+    assert not (tmp_path / "wd" / "flows.zarr").exists()
+    plan.clean_work_dir(finished=True)  # what a run does after success without --keep-work
+    assert _objects(s3) == []
+
+
 def test_a_task_fetches_each_input_chunk_once(tmp_path, s3):
     """plan-blocks (the scan) and one segment-block task over every block: no
     input chunk is requested twice (the server's own log of requests)."""

@@ -1,6 +1,7 @@
 """The flow store of the ``flows`` rule: Cellpose's network output for the whole image.
 
-A zarr group in the work directory (``flows.zarr``) with two float32 arrays
+A zarr group beside the other big stores (``flows.zarr`` in the store
+directory: the work directory, or an ``s3://`` URL) with two float32 arrays
 chunked like the blocks: ``dP`` (ndim, *shape; flows per axis) and
 ``cellprob`` (*shape).  Its attributes name the plan it belongs to
 (``plan_hash``, checked on every open like the other staging stores) and say
