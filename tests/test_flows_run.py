@@ -185,6 +185,9 @@ def test_follow_flows_refuses_an_unfinished_flow_store(model, tmp_path) -> None:
     path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
     plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, backend="cellpose", rule="flows",
                                 backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
+    with pytest.raises(StagingError, match="Expected the flow store of this plan at .*Got nothing there: run "
+                                           "predict-flows on this plan first"):
+        follow_step(plan.plan_path)
     FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)  # as a killed predict-flows leaves it
     with pytest.raises(StagingError, match="Expected a complete flow store") as info:
         follow_step(plan.plan_path)

@@ -200,6 +200,9 @@ def follow_step(plan: Plan | str | os.PathLike, *, out: str | os.PathLike | None
     if done is not None:
         log.info("the lut of this plan's flows exists (%s): nothing to do", uri)
         return done
+    if not exists(plan.flows_uri):
+        raise StagingError(f"Expected the flow store of this plan at {plan.flows_uri}. Got nothing there: run "
+                           "predict-flows on this plan first.")
     store = FlowStore.open(plan.flows_uri, plan.hash)  # another plan's store is refused
     if not store.complete:  # a partial result is never consumed
         raise StagingError(f"Expected a complete flow store at {plan.flows_uri}. Got one that predict-flows has not "
