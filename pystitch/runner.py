@@ -743,7 +743,6 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
 
         if pinned and scheduler.workers <= 1:  # one worker: this process segments, on the one device
             runtime = {**runtime, "device": pinned[0]}
-        flows_info = None
         if plan.rule == "flows":
             if pinned:
                 runtime = {**runtime, "device": pinned[0]}
@@ -751,7 +750,7 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
                 scheduler.devices = None
                 scheduler.resize(n_workers)
             if not finished:
-                flows_info = _flows_stages(plan, runtime, timings)
+                _flows_stages(plan, runtime, timings)  # what they measured goes into the lut, for finalize
                 all_blocks = list(range(plan.n_blocks))
                 log.info("stage apply-lut")
                 t = time.perf_counter()
@@ -794,8 +793,7 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
         log.info("stage finalize")
         summary = finalize(plan, overwrite=overwrite, grid=grid, pictures=pictures,
                            extra={"workers": n_workers, "workers_reason": why,
-                                  "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-                                  **({"flows": flows_info} if flows_info is not None else {})})
+                                  "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
         if not keep_work:
             plan.clean_work_dir(finished=True)
     elapsed = time.perf_counter() - started

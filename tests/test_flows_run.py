@@ -252,7 +252,7 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
     follow-flows run as one task each per image, apply-lut in batches; the
     published labels and regions table are byte for byte those of ``pystitch
     run --rule flows`` on the same image; -resume caches every task."""
-    from nf_support import assert_same_labels, ok, reference_run, step, trace_rows
+    from nf_support import assert_same_labels, ok, reference_run, step, summary_of, trace_rows
 
     path = save(tmp_path / "img.zarr", image((96, 120), seed=3))
     settings = ["--backend", "cellpose", "--pretrained_model", model, "--diameter", DIAMETER, "--rule", "flows",
@@ -268,6 +268,10 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
                                                  for a in settings])
     labels = assert_same_labels(outdir / "img" / "labels.zarr", tmp_path / "run.zarr")
     assert labels.max() >= 10
+    # what the dynamics measured reaches the published summary, as in the local run's
+    flows = summary_of(outdir, "img")["flows"]
+    assert flows == json.loads((tmp_path / "run_report" / "summary.json").read_text())["flows"]
+    assert flows["objects"] == labels.max() and flows["seeds"] >= flows["objects"]
 
     ok(nextflow(launch, "-profile", "test", "--input", path, *settings, "--outdir", outdir,
                 "-resume", "-with-trace", launch / "trace2.txt", parser="v2"))

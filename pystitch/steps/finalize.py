@@ -141,6 +141,8 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
         # every setting (where files go is above: output, report_dir)
         "plan": {k: v for k, v in plan.to_dict().items() if k not in LOCATION_FIELDS},
         "report": {"regions_csv": "regions.csv", "regions_parquet": parquet.name if parquet else None},
+        # the flows rule: what its dynamics measured (seeds, reach of the trajectories, filters)
+        **({"flows": table.attrs["flows"]} if plan.rule == "flows" and "flows" in table.attrs else {}),
         **(extra or {}),
     }
     labels_uri = output if published and not exists(plan.partial_output) else plan.partial_output

@@ -139,8 +139,13 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
                        for b in range(plan.n_blocks)], np.uint64)
     lut = np.concatenate([np.zeros(1, np.uint64)] + [ids[b] for b in range(plan.n_blocks)])
     inputs = flows_inputs(plan)
+    info = {"objects": n_final, "seeds": int(report.n_seeds), "reach": [int(r) for r in report.reach],
+            "escaped_trajectories": int(report.n_escaped), "foreground_voxels": int(report.n_foreground),
+            "removed": {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in report.removed.items()},
+            "niter": niter}
     attrs = {"plan_hash": plan.hash, "n_objects": n_final, "n_provisional": n_prov,
-             "merges": n_prov - n_final, "pairs": 0, "pystitch": __version__, "inputs": inputs}
+             "merges": n_prov - n_final, "pairs": 0, "pystitch": __version__, "inputs": inputs,
+             "flows": info}  # what finalize puts into the summary
     LabelOutput.create(plan.partial_output, plan.label_layout(), dtype, plan.hash)
     write_lut(str(out) if out is not None else plan.lut_uri, [lut], n_prov + 1, offsets, dtype, attrs,
               extra={"voxels": voxels})
@@ -148,10 +153,7 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
                                             "lut_inputs": inputs})
     log.info("flows: %d objects from %d seeds (%d trajectories followed again in a larger window)",
              n_final, report.n_seeds, report.n_escaped)
-    return {"objects": n_final, "seeds": report.n_seeds, "reach": list(report.reach),
-            "escaped_trajectories": report.n_escaped, "foreground_voxels": report.n_foreground,
-            "removed": {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in report.removed.items()},
-            "niter": niter}
+    return info
 
 
 def _dtype(label_dtype: str, n_final: int) -> np.dtype:
