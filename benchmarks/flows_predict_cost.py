@@ -13,7 +13,11 @@ for a 3-D (``do_3D``) or 2-D image and a block grid:
   its core voxels (largest and mean over blocks);
 * ``tiles_read_per_block``: tile output voxels a block blends / core voxels;
 * ``halo_network_per_image``: the alternative that is *not* exact: ``eval``
-  on each block grown by a halo (one diameter), tile voxels / image voxels.
+  on each block grown by a halo (one diameter), tile voxels / image voxels;
+* ``held``: what predict holds while it streams the blocks in C order
+  (:func:`pystitch.flows.predict.tile_schedule`: a tile output is dropped
+  after the last block that reads it): the most tile outputs held at once,
+  as a fraction of all tiles and in bytes per image voxel (float32 outputs).
 
 Usage::
 
@@ -29,7 +33,7 @@ import math
 import numpy as np
 
 from pystitch.flows.blockwise import block_grid
-from pystitch.flows.predict import Geometry, ModelFacts
+from pystitch.flows.predict import Geometry, ModelFacts, tile_schedule
 
 
 def facts(major: int, rescale: float) -> ModelFacts:
@@ -67,6 +71,7 @@ def measure(shape: tuple[int, ...], block: tuple[int, ...], major: int, rescale:
         halo_tiles += Geometry(grown, f).tile_pixels()
     return {
         "shape": list(shape), "block": list(block), "cellpose_major": major, "rescale": rescale,
+        "held": held(g, block_grid(shape, block)),
         "tile": f.bsize, "batch_size": f.batch_size,
         "network_per_image": round(whole / image, 3),
         "network_blocks_per_eval": round(owned_tiles / whole, 6),
@@ -74,6 +79,25 @@ def measure(shape: tuple[int, ...], block: tuple[int, ...], major: int, rescale:
         "tiles_read_per_block": {"max": round(max(blends), 3), "mean": round(float(np.mean(blends)), 3)},
         "halo": halo, "halo_network_per_image": round(halo_tiles / image, 3),
     }
+
+
+def held(g: Geometry, cores: list) -> dict:
+    """The most tile outputs (and bytes) predict holds at once, streaming ``cores`` in order."""
+    size = {o.index: g.facts.nout * o.tile[0] * o.tile[1] * 4 for o in g.orientations}
+    tiles = nbytes = peak_tiles = peak_bytes = 0
+    for _, run, drop in tile_schedule(g, cores):
+        for _, keep in run:
+            tiles += len(keep)
+            nbytes += sum(size[k[0]] for k in keep)
+        peak_tiles, peak_bytes = max(peak_tiles, tiles), max(peak_bytes, nbytes)
+        tiles -= len(drop)
+        nbytes -= sum(size[k[0]] for k in drop)
+    total = sum(o.n_planes * o.ntiles for o in g.orientations)
+    image = math.prod(g.shape)
+    return {"peak_tiles": peak_tiles, "tiles": total, "peak_fraction": round(peak_tiles / total, 3),
+            "peak_bytes_per_image_voxel": round(peak_bytes / image, 2),
+            "all_tiles_bytes_per_image_voxel": round(sum(o.n_planes * o.ntiles * size[o.index]
+                                                         for o in g.orientations) / image, 2)}
 
 
 def main() -> None:

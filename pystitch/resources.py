@@ -48,8 +48,9 @@ TIME_FACTOR = 10.0
 MIN_MINUTES = 10
 STEPS = tuple(MEASURED)
 #: the flows rule's per-image steps: bytes held per image voxel (at the network's scale 1), from what
-#: they hold (pystitch.steps.flows_rule): predict the network output of every tile (3 float32 per voxel
-#: and orientation, tiles overlapping by 10 % per side; 3 orientations in 3-D), follow an int64 seed label
+#: they hold (pystitch.steps.flows_rule): predict at most the network output of every tile (3 float32 per
+#: voxel and orientation, tiles overlapping by 10 % per side; 3 orientations in 3-D; it drops each tile
+#: after its last block, so this bounds it from above: reached when a forward batch spans whole planes), follow an int64 seed label
 #: per voxel, the end point of every foreground voxel and the histogram pieces
 FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2: 24.0, 3: 24.0}}
 #: seconds per image voxel on a CPU: the network as segment-block's Cellpose figure, once per orientation;

@@ -260,3 +260,58 @@ def test_network_input_without_global_bounds_is_refused() -> None:
     with pytest.raises(InputError, match="Expected lowhigh") as info:
         seg.network_input(np.zeros((8, 8), np.float32))
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- blocks in turn, tiles on demand
+
+
+def _facts(bsize=32, rescale=1.0, batch_size=8):
+    return ModelFacts(major=3, bsize=bsize, nchan=2, nout=3, rescale=rescale, anisotropy=None,
+                      batch_size=batch_size)
+
+
+def _fake_forward(geometry):
+    """A stand-in network: each batch's output a fixed function of its orientation and number."""
+    def forward(batch):
+        o = geometry.orientations[batch.orientation]
+        rng = np.random.default_rng([batch.orientation, batch.number])
+        return rng.standard_normal((len(batch.members), 3, *o.tile), dtype=np.float32)
+    return forward
+
+
+@pytest.mark.parametrize("shape,block,rescale", [((90, 110), (32, 45), 1.3), ((20, 70, 64), (8, 24, 30), 0.8)])
+def test_tiles_for_are_the_tiles_blend_reads(shape, block, rescale) -> None:
+    geometry = Geometry(shape, _facts(rescale=rescale))
+    zeros = {o.index: np.zeros((3, *o.tile), np.float32) for o in geometry.orientations}
+    for core in block_grid(shape, block, offset=(5,) * len(shape)):
+        read = []
+        blend(geometry, core, lambda o, q, j, i: read.append((o, q, j, i)) or zeros[o])
+        assert geometry.tiles_for(core) == read, core
+
+
+@pytest.mark.parametrize("shape,block", [((130, 150), (40, 64)), ((96, 96, 96), (32, 32, 32))])
+def test_streamed_blocks_equal_blending_from_every_tile(shape, block) -> None:
+    """Each batch runs once, outputs equal to holding every tile, and in 3-D with
+    planes of many tiles far fewer tile outputs held than the image has."""
+    from pystitch.flows.predict import StreamReport, stream_blocks
+
+    geometry = Geometry(shape, _facts(bsize=16))
+    forward = _fake_forward(geometry)
+    every = {}
+    for o in geometry.orientations:
+        for batch in geometry.batches(o.index):
+            y = forward(batch)
+            every.update({(o.index, *m): y[k] for k, m in enumerate(batch.members)})
+    cores = block_grid(shape, block)
+    report = StreamReport()
+    seen = []
+    for index, dP, prob in stream_blocks(geometry, cores, forward, report):
+        ref_dP, ref_prob = blend(geometry, cores[index], lambda o, q, j, i: every[(o, q, j, i)])
+        assert np.array_equal(dP, ref_dP) and np.array_equal(prob, ref_prob), cores[index]
+        seen.append(index)
+    assert seen == list(range(len(cores)))
+    assert report.batches == sum(geometry.n_batches(o.index) for o in geometry.orientations)
+    assert report.tiles == len(every)
+    assert report.tile_bytes == 3 * 16 * 16 * 4
+    if len(shape) == 3:
+        assert report.peak_tiles <= 0.5 * len(every), (report.peak_tiles, len(every))

@@ -21,6 +21,10 @@ what ``eval`` computes there, from
   tiles that cover it (cellpose's ``average_tiles`` in the same order and
   float types), the three orientations of 3-D summed in cellpose's order, and
   resized back to the image's grid.
+* :func:`stream_blocks`: blocks in turn, each batch run when the first block
+  that reads one of its tiles comes, each tile output dropped after its last
+  reader (:func:`tile_schedule`): what one process holds is the tiles between
+  the blocks done and those to come, not the whole image's.
 
 What differs between cellpose 3.1 and 4.x is in :class:`ModelFacts` (tile
 size, input channels, how the rescale factor follows from the diameter) and
@@ -57,6 +61,8 @@ __all__ = [
     "pad_yx",
     "passes_source_box",
     "prepare",
+    "stream_blocks",
+    "tile_schedule",
 ]
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]  # (lo, hi), hi exclusive
@@ -520,6 +526,18 @@ class Geometry:
                     out.append((j, i))
         return out
 
+    def tiles_for(self, core: Box) -> list[tuple[int, int, int, int]]:
+        """The tiles ``(orientation, plane, j, i)`` that :func:`blend` reads for ``core``, in its order."""
+        net = self.net_box_for(core)
+        out = []
+        for o in self.orientations:
+            planes = range(1) if o.axis is None else range(net[0][o.axis], net[1][o.axis])
+            u = (net[0][o.plane_axes[0]], net[1][o.plane_axes[0]])
+            v = (net[0][o.plane_axes[1]], net[1][o.plane_axes[1]])
+            over = self.tiles_over(o.index, u, v)
+            out += [(o.index, q, j, i) for q in planes for j, i in over]
+        return out
+
     # ---- the regions each step needs
 
     def net_box_for(self, core: Box) -> Box:
@@ -673,3 +691,92 @@ def blend(geometry: Geometry, core: Box, tile: TileReader) -> tuple[np.ndarray, 
     if g.ndim == 2:
         return np.ascontiguousarray(np.moveaxis(out[..., -3:-1], -1, 0)), np.ascontiguousarray(out[..., -1])
     return np.ascontiguousarray(np.moveaxis(out[..., :-1], -1, 0)), np.ascontiguousarray(out[..., -1])
+
+
+# ---------------------------------------------------------------- blocks in turn, tiles computed on demand
+
+
+@dataclasses.dataclass
+class StreamReport:
+    """What :func:`stream_blocks` did: forward batches and tiles computed (each
+    exactly once), and the most tile outputs held at any time (``tile_bytes``:
+    the largest tile output's size)."""
+
+    batches: int = 0
+    tiles: int = 0
+    peak_tiles: int = 0
+    tile_bytes: int = 0
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_tiles * self.tile_bytes
+
+
+TileKey = tuple[int, int, int, int]  # (orientation, plane, j, i)
+
+
+def tile_schedule(geometry: Geometry, cores: Sequence[Box]
+                  ) -> Iterator[tuple[int, list[tuple[Batch, frozenset[TileKey]]], list[TileKey]]]:
+    """For each core in turn ``(index, run, drop)``: the forward batches to run
+    before it is blended (each with the tiles of it that some core reads: the
+    ones to keep) and the tiles to drop after it (none of the cores to come
+    reads them).  Every batch is run once; a kept tile is dropped exactly once.
+    """
+    needs = [geometry.tiles_for(core) for core in cores]
+    refs: dict[TileKey, int] = {}
+    for keys in needs:
+        for key in keys:
+            refs[key] = refs.get(key, 0) + 1
+    batch_of: dict[TileKey, Batch] = {}
+    for o in geometry.orientations:
+        for batch in geometry.batches(o.index):
+            for member in batch.members:
+                if (o.index, *member) in refs:
+                    batch_of[(o.index, *member)] = batch
+    done: set[tuple[int, int]] = set()
+    for index, keys in enumerate(needs):
+        run = []
+        for key in keys:
+            batch = batch_of[key]
+            if (batch.orientation, batch.number) not in done:
+                done.add((batch.orientation, batch.number))
+                run.append((batch, frozenset(k for k in ((batch.orientation, *m) for m in batch.members)
+                                             if k in refs)))
+        drop = []
+        for key in keys:
+            refs[key] -= 1
+            if refs[key] == 0:
+                drop.append(key)
+        yield index, run, drop
+
+
+def stream_blocks(geometry: Geometry, cores: Sequence[Box], forward: Callable[[Batch], np.ndarray],
+                  report: StreamReport | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(index, dP, cellprob)`` of each core in turn, as :func:`blend` gives them.
+
+    ``forward(batch)``: the network's output of a batch, ``(n, nout, ly, lx)``.
+    A batch is computed when the first core that needs one of its tiles comes
+    (whole, as ``eval`` runs it: the outputs do not depend on the order); a
+    tile output is dropped when the last core that reads it is blended
+    (:func:`tile_schedule`).  So every batch runs once and what is held is the
+    tiles between the cores done and those to come: for cores in C order and
+    planes many tiles wide, about a slab of the image one block plus one tile
+    thick; up to every tile when a forward batch spans whole planes.
+    """
+    report = report if report is not None else StreamReport()
+    tiles: dict[TileKey, np.ndarray] = {}
+    for index, run, drop in tile_schedule(geometry, cores):
+        for batch, keep in run:
+            y = forward(batch)
+            report.batches += 1
+            report.tiles += len(batch.members)
+            report.tile_bytes = max(report.tile_bytes, int(y[0].nbytes))
+            for k, member in enumerate(batch.members):
+                key = (batch.orientation, *member)
+                if key in keep:
+                    tiles[key] = np.array(y[k])  # not a view: the batch's array can go
+            report.peak_tiles = max(report.peak_tiles, len(tiles))
+        dP, cellprob = blend(geometry, cores[index], lambda o, q, j, i: tiles[(o, q, j, i)])
+        for key in drop:
+            del tiles[key]
+        yield index, dP, cellprob

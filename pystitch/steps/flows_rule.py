@@ -3,10 +3,10 @@
 Instead of segmenting blocks and matching their labels, the run computes what
 Cellpose computes on the whole image, block by block:
 
-1. predict (:func:`predict_flows`): the network's forward batches, each in the
-   block that owns it (:meth:`pystitch.flows.predict.Geometry.owned`), then
-   every block's flows and cell probability blended from the tiles over it --
-   bit for bit what ``CellposeModel.eval`` returns for the whole image -- into
+1. predict (:func:`predict_flows`): block after block, the network's forward
+   batches over it (each batch once, as ``eval`` runs it), then the block's
+   flows and cell probability blended from the tiles over it -- bit for bit
+   what ``CellposeModel.eval`` returns for the whole image -- into
    the flow store (:mod:`pystitch.storage.flowstore`, float32, chunked like the
    blocks, stamped with the plan hash);
 2. dynamics (:func:`labels_from_flows`): :func:`pystitch.flows.blockwise.masks_blockwise`
@@ -24,9 +24,12 @@ is complete: predict a complete flow store of the plan, follow the lut and
 partial output it made (never recreating an output apply-lut has written).
 
 Each stage runs in one process.  Memory: predict holds the network
-output of every tile of the image until the blocks are blended (3 float32 per
-network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the three
-orientations); the dynamics hold what ``masks_blockwise`` holds (the end point
+output of the tiles between the blocks blended and those to come (3 float32
+per network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the
+three orientations): a tile is dropped after the last block that reads it, so
+in C order of blocks about a slab of the image one block plus one tile thick
+when planes are many tiles wide, up to the whole image when a forward batch
+spans whole planes (small images); the dynamics hold what ``masks_blockwise`` holds (the end point
 of every foreground voxel, the histogram pieces, and an int64 seed label per
 voxel of the image), never the flows of the whole image.
 """
@@ -48,7 +51,7 @@ from .._version import __version__
 from ..errors import LabelOverflowError, StagingError
 from ..flows.blockwise import masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
-from ..flows.predict import Geometry, batch_input, blend
+from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
 from ..plan import Plan
 from ..storage.files import atomic_write_json, exists, read_json
 from ..storage.flowstore import FlowStore
@@ -69,10 +72,11 @@ def _bounds(plan: Plan, b: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(s.start for s in core), tuple(s.stop for s in core)
 
 
-def predict_flows(plan: Plan, segmenter: Any) -> FlowStore:
+def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None) -> FlowStore:
     """The flow store of ``plan``: reused when complete for this plan, else computed.
 
-    ``segmenter``: the cellpose adapter (:class:`pystitch.backends.cellpose.CellposeSegmenter`), loaded.
+    ``segmenter``: the cellpose adapter (:class:`pystitch.backends.cellpose.CellposeSegmenter`), loaded;
+    ``report``: filled with what the network computed and held (:func:`pystitch.flows.predict.stream_blocks`).
     """
     if exists(plan.flows_uri):
         # another plan's store is refused (PlanMismatchError), never taken nor removed
@@ -83,23 +87,21 @@ def predict_flows(plan: Plan, segmenter: Any) -> FlowStore:
     store = FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)
     geometry = Geometry(plan.shape, segmenter.model_facts())
     source = open_image(plan.image)
-    tiles: dict[tuple[int, ...], np.ndarray] = {}
+    report = report if report is not None else StreamReport()
     try:
         def read(box: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
             return segmenter.network_input(source.read(tuple(slice(a, b) for a, b in zip(*box))))
 
-        for b in range(plan.n_blocks):
-            for batch in geometry.owned(*_bounds(plan, b)):
-                y = segmenter.forward(batch_input(geometry, batch, read))
-                for k, member in enumerate(batch.members):
-                    tiles[(batch.orientation, *member)] = y[k]
+        cores = [_bounds(plan, b) for b in range(plan.n_blocks)]
+        for b, dP, cellprob in stream_blocks(geometry, cores, lambda batch: segmenter.forward(
+                batch_input(geometry, batch, read)), report):
+            store.write(plan.grid.core(b), dP, cellprob)
     finally:
         source.close()
-    for b in range(plan.n_blocks):
-        dP, cellprob = blend(geometry, _bounds(plan, b), lambda o, q, j, i: tiles[(o, q, j, i)])
-        store.write(plan.grid.core(b), dP, cellprob)
     store.mark_complete()
-    log.info("predicted flows of %d blocks (%d tiles) -> %s", plan.n_blocks, len(tiles), plan.flows_uri)
+    log.info("predicted flows of %d blocks (%d tiles in %d batches; at most %d tile outputs, %.1f MiB, held) -> %s",
+             plan.n_blocks, report.tiles, report.batches, report.peak_tiles, report.peak_bytes / 2**20,
+             plan.flows_uri)
     return store
 
 
@@ -181,12 +183,14 @@ def predict_step(plan: Plan | str | os.PathLike, *, device: str | None = None,
     runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                if v is not None}
     backend = plan.make_backend().open(None, **runtime)
+    report = StreamReport()
     try:
-        predict_flows(plan, backend.segmenter)
+        predict_flows(plan, backend.segmenter, report)
     finally:
         backend.close()
-    return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": plan.n_blocks,
-            "seconds": round(time.perf_counter() - t0, 4)}
+    return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": plan.n_blocks, "tiles": report.tiles,
+            "batches": report.batches, "peak_tiles_held": report.peak_tiles,
+            "peak_tile_bytes": report.peak_bytes, "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def follow_step(plan: Plan | str | os.PathLike, *, out: str | os.PathLike | None = None) -> dict:
