@@ -52,9 +52,11 @@ test: setup setup-cellpose4
 test-main: setup
 	$(PY) -m pytest -q
 
-# the Cellpose adapter and the flow dynamics against Cellpose 4 (its small test model is trained on first use)
+# the Cellpose adapter and the flows rule (dynamics, network by blocks, `pystitch run --rule flows`) against
+# Cellpose 4 (its small test model is trained on first use); the pipeline's own runs stay in the main suite
 test-cellpose4: setup-cellpose4
-	$(CP4_VENV)/bin/python -m pytest -q tests/test_cellpose_adapter.py tests/test_flows.py
+	$(CP4_VENV)/bin/python -m pytest -q -m "not nextflow" tests/test_cellpose_adapter.py tests/test_flows.py \
+		tests/test_flows_predict.py tests/test_flows_run.py
 
 # benchmark suite (peers and plotting installed on demand); results in benchmarks/results/
 bench: setup

@@ -33,9 +33,12 @@ DIAMETER = 18.0
 
 @pytest.fixture(scope="module")
 def model():
+    """The small test model, loadable by the stock cellpose constructor in this
+    process while the module's tests run (cellpose 4: its tiny encoder)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield tiny.tiny_model_path()
+    with tiny.model_loading_context():
+        yield tiny.tiny_model_path()
     torch.set_num_threads(threads)
 
 
@@ -135,6 +138,7 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys)
     assert main(["predict-flows", plan, "--device", "cpu"]) == 0
     predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert predicted["blocks"] == 9 and predicted["flows"].endswith("flows.zarr")
+    assert 0 < predicted["peak_tiles_held"] <= predicted["tiles"] and predicted["batches"] > 0
     assert main(["follow-flows", plan]) == 0
     resolved = json.loads((tmp_path / "work" / "resolve.json").read_text())
     assert main(["apply-lut", plan, "--blocks", "all"]) == 0
