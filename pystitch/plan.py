@@ -262,6 +262,13 @@ class Plan:
         with the other big stores (a path or an s3:// URL)."""
         return join(self.stores, "flows.zarr")
 
+    @property
+    def seedlabels_path(self) -> Path:
+        """Where follow-flows keeps the seed labels between assign and apply: a
+        memory-mapped .npy file in the work directory (always a local
+        filesystem), removed when it is done."""
+        return Path(self.work_dir) / "seedlabels.npy"
+
     def flows_settings(self) -> dict:
         """What the flows rule's dynamics use (all of it in the hashed backend settings)."""
         b = self.backend
@@ -346,7 +353,8 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     wd = Path(work_dir)
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
-            wd / "output-id.json", wd / "report.partial", wd / "input.zarr", wd / "flows.zarr"]
+            wd / "output-id.json", wd / "report.partial", wd / "input.zarr", wd / "flows.zarr",
+            wd / "seedlabels.npy"]
 
 
 #: the big stores pystitch writes into a store directory

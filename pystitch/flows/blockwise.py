@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +87,8 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
                     flow_threshold: float | None = 0.4, min_size: int = 15, max_size_fraction: float = 0.4,
                     do_3D: bool | None = None, order: Sequence[int] | None = None,
                     offset: Sequence[int] | None = None, argsort: str = "torch",
-                    threads: int = 1, sink: Callable[[tuple[int, ...], tuple[int, ...], np.ndarray], None] | None = None
-                    ) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
+                    threads: int = 1, sink: Callable[[tuple[int, ...], tuple[int, ...], np.ndarray], None] | None = None,
+                    staged: Any = None) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
     """Cellpose's masks from ``dP`` and ``cellprob`` computed block by block.
 
     Equal to ``cellpose.dynamics.resize_and_compute_masks`` on the whole arrays
@@ -98,6 +99,9 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     ``dP`` and ``cellprob`` may be any arrays that slice into numpy (zarr):
     they are read box by box, never whole.  ``sink(lo, hi, labels)``: takes
     each block's final labels instead of the returned array (then None).
+    ``staged``: where the seed labels wait between assign and apply, an int64
+    array of the image's shape that slices like numpy (a zarr array chunked
+    like the blocks keeps them out of memory); default a numpy array.
     """
     cellprob = cellprob if _sliceable(cellprob) else np.asarray(cellprob)
     shape = tuple(cellprob.shape)
@@ -151,7 +155,11 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     map_positions, map_labels = region_map(map_pieces)
 
     # 5. assign: seed labels per block (the staging store) and per-object stats
-    staged = np.zeros(shape, np.int64)
+    if staged is None:
+        staged = np.zeros(shape, np.int64)
+    elif tuple(staged.shape) != shape or np.dtype(staged.dtype) != np.int64:
+        raise InputError(f"Expected an int64 array of shape {shape} for the seed labels. "
+                         f"Got {staged.dtype} {tuple(staged.shape)} instead.")
     stats_pieces = []
     for b in order:
         lo, hi = grid[b]
