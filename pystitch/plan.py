@@ -263,11 +263,12 @@ class Plan:
         return join(self.stores, "flows.zarr")
 
     @property
-    def seedlabels_path(self) -> Path:
-        """Where follow-flows keeps the seed labels between assign and apply: a
-        memory-mapped .npy file in the work directory (always a local
-        filesystem), removed when it is done."""
-        return Path(self.work_dir) / "seedlabels.npy"
+    def flows_scratch(self) -> Path:
+        """Where follow-flows keeps, out of its memory, the image's seed labels
+        (``seedlabels.npy``, memory-mapped) and each block's end points
+        (``ends-<block>.npy``) while it runs: a directory in the work directory
+        (always a local filesystem), removed when it is done."""
+        return Path(self.work_dir) / "flows-scratch"
 
     def flows_settings(self) -> dict:
         """What the flows rule's dynamics use (all of it in the hashed backend settings)."""
@@ -354,7 +355,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
             wd / "output-id.json", wd / "report.partial", wd / "input.zarr", wd / "flows.zarr",
-            wd / "seedlabels.npy"]
+            wd / "flows-scratch"]
 
 
 #: the big stores pystitch writes into a store directory

@@ -47,12 +47,15 @@ MIN_MB = 256  # below the fitted range: a step's process alone holds ~80 MB (imp
 TIME_FACTOR = 10.0
 MIN_MINUTES = 10
 STEPS = tuple(MEASURED)
-#: the flows rule's per-image steps: bytes held per image voxel (at the network's scale 1), from what
-#: they hold (pystitch.steps.flows_rule): predict at most the network output of every tile (3 float32 per
-#: voxel and orientation, tiles overlapping by 10 % per side; 3 orientations in 3-D; it drops each tile
-#: after its last block, so this bounds it from above: reached when a forward batch spans whole planes), follow an int64 seed label
-#: per voxel, the end point of every foreground voxel and the histogram pieces
-FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2: 24.0, 3: 24.0}}
+#: the flows rule's per-image steps: bytes held per image voxel (at the network's scale 1) above the
+#: process itself. predict, from what it holds (pystitch.steps.flows_rule): tile outputs, 3 float32 per
+#: voxel and orientation; every tile is 62 bytes per voxel in 3-D, 36.8 held at once at 512^3 with 256^3
+#: blocks, 8.9 at 2048^3 (benchmarks/results/flows-predict-held-2026-12-03.md); small images, whose forward
+#: batches span whole planes, hold every tile. follow, measured
+#: (benchmarks/results/flows-follow-memory-2026-12-03.md): about 4 at
+#: 38 % foreground with its end points and seed labels in files, scaled to an image all foreground (the
+#: histogram, seeds and statistics grow with the foreground); 2-D taken as 3-D
+FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2: 10.0, 3: 10.0}}
 #: seconds per image voxel on a CPU: the network as segment-block's Cellpose figure, once per orientation;
 #: the dynamics (200 steps of every foreground voxel)
 FLOWS_SECONDS_PER_VOXEL = {"predict-flows": CELLPOSE_SECONDS_PER_VOXEL, "follow-flows": 5e-6}

@@ -225,8 +225,8 @@ def test_filled_holes_take_over_the_objects_inside_them() -> None:
     assert np.array_equal(out, ref)
 
 
-def test_seed_labels_kept_in_a_memory_mapped_file_give_the_same_masks(tmp_path) -> None:
-    """What follow-flows does: the seed labels wait in a file, not in memory.
+def test_seed_labels_and_end_points_kept_in_files_give_the_same_masks(tmp_path) -> None:
+    """What follow-flows does: the seed labels and end points wait in files, not in memory.
     Another shape or type of array for them is refused with one line."""
     from pystitch.errors import InputError
 
@@ -234,9 +234,13 @@ def test_seed_labels_kept_in_a_memory_mapped_file_give_the_same_masks(tmp_path) 
     dP, cellprob = synthetic(shape, 16, 5, seed=9)
     ref = cellpose_masks(dP, cellprob, do_3D=True, **SETTINGS)
     staged = np.lib.format.open_memmap(tmp_path / "seed.npy", mode="w+", dtype=np.int64, shape=shape)
-    out, _ = blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=staged, **SETTINGS)
+    out, report = blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=staged, ends_dir=tmp_path,
+                            **SETTINGS)
     assert ref.max() >= 5 and np.array_equal(out, ref)
     assert set(np.unique(staged)) - {0}  # the seed labels went to the file
+    ends = sorted(tmp_path.glob("ends-*.npy"))  # and the end points, one file per block
+    assert len(ends) == 2 * 3 * 2
+    assert sum(np.load(f).size for f in ends) == report.n_foreground == int((cellprob > 0).sum())
     for wrong in (np.zeros(shape, np.int32), np.zeros((20, 36, 41), np.int64)):
         with pytest.raises(InputError, match="Expected an int64 array of shape") as info:
             blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=wrong, **SETTINGS)

@@ -141,7 +141,7 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys)
     assert 0 < predicted["peak_tiles_held"] <= predicted["tiles"] and predicted["batches"] > 0
     assert main(["follow-flows", plan]) == 0
     resolved = json.loads((tmp_path / "work" / "resolve.json").read_text())
-    assert not (tmp_path / "work" / "seedlabels.npy").exists()  # the dynamics' scratch file is gone
+    assert not (tmp_path / "work" / "flows-scratch").exists()  # the dynamics' scratch files are gone
     assert main(["apply-lut", plan, "--blocks", "all"]) == 0
     assert main(["follow-flows", plan]) == 0  # rerun: nothing to do
     assert main(["finalize", plan, "--nopictures"]) == 0

@@ -23,6 +23,7 @@ Blocks are processed in any order (``order``) with identical results.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,8 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
                     do_3D: bool | None = None, order: Sequence[int] | None = None,
                     offset: Sequence[int] | None = None, argsort: str = "torch",
                     threads: int = 1, sink: Callable[[tuple[int, ...], tuple[int, ...], np.ndarray], None] | None = None,
-                    staged: Any = None) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
+                    staged: Any = None, ends_dir: str | os.PathLike | None = None
+                    ) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
     """Cellpose's masks from ``dP`` and ``cellprob`` computed block by block.
 
     Equal to ``cellpose.dynamics.resize_and_compute_masks`` on the whole arrays
@@ -102,6 +104,9 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     ``staged``: where the seed labels wait between assign and apply, an int64
     array of the image's shape that slices like numpy (a zarr array chunked
     like the blocks keeps them out of memory); default a numpy array.
+    ``ends_dir``: an existing directory where each block's end points wait
+    between follow and assign (``ends-<block>.npy``, read back memory-mapped)
+    instead of in memory.
     """
     cellprob = cellprob if _sliceable(cellprob) else np.asarray(cellprob)
     shape = tuple(cellprob.shape)
@@ -123,10 +128,15 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     # 1. follow
     followed: dict[int, FollowedBlock] = {}
     pieces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    n_foreground: dict[int, int] = {}
     for b in order:
         lo, hi = grid[b]
         followed[b] = follow_block(read, lo, hi, shape, niter, cellprob_threshold, dynamics, halo, threads)
         pieces[b] = endpoint_histogram(followed[b].ends)
+        n_foreground[b] = int(followed[b].ends.size)
+        if ends_dir is not None:
+            np.save(_ends_path(ends_dir, b), followed[b].ends, allow_pickle=False)
+            followed[b] = dataclasses.replace(followed[b], ends=np.empty(0, np.int64))
 
     # 2. seeds per region, from the pieces that reach it
     region_hist: dict[int, Histogram] = {}
@@ -165,7 +175,10 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
         lo, hi = grid[b]
         box = tuple(slice(a, c) for a, c in zip(lo, hi))
         foreground = cellprob[box] > cellprob_threshold
-        block_seed_labels = block_labels(foreground, assign_ends(followed[b].ends, map_positions, map_labels))
+        ends = followed[b].ends if ends_dir is None else np.load(_ends_path(ends_dir, b), mmap_mode="r",
+                                                                  allow_pickle=False)
+        block_seed_labels = block_labels(foreground, assign_ends(ends, map_positions, map_labels))
+        del ends
         staged[box] = block_seed_labels
         stats_pieces.append(object_stats(block_seed_labels, lo, shape))
     stats = merge_object_stats(stats_pieces, ndim)
@@ -196,7 +209,7 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     report = BlockwiseReport(
         reach=reach,
         n_escaped=sum(f.n_escaped for f in followed.values()),
-        n_foreground=sum(f.ends.size for f in followed.values()),
+        n_foreground=sum(n_foreground.values()),
         n_histogram_entries=sum(p[0].size for p in pieces.values()),
         n_seeds=int(all_seeds.positions.size),
         n_region_entries=int(map_positions.size),
@@ -214,6 +227,10 @@ def _clip(piece: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
     for c, a, b in zip(coords, *box):
         inside &= (c >= a) & (c < b)
     return positions[inside], counts[inside]
+
+
+def _ends_path(ends_dir: str | os.PathLike, block: int) -> str:
+    return os.path.join(os.fspath(ends_dir), f"ends-{block}.npy")
 
 
 def _sliceable(a: object) -> bool:

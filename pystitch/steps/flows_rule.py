@@ -29,10 +29,11 @@ per network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the
 three orientations): a tile is dropped after the last block that reads it, so
 in C order of blocks about a slab of the image one block plus one tile thick
 when planes are many tiles wide, up to the whole image when a forward batch
-spans whole planes (small images); the dynamics hold what ``masks_blockwise`` holds (the end point
-of every foreground voxel and the histogram pieces; the int64 seed labels of
-the image wait in ``seedlabels.npy``, memory-mapped, in the work directory), never
-the flows of the whole image.
+spans whole planes (small images); the dynamics hold what ``masks_blockwise`` holds (the
+histogram pieces, seeds and per-object statistics; the end point of every
+foreground voxel and the int64 seed labels of the image wait in files of the
+work directory, ``flows-scratch``, memory-mapped), never the flows of the
+whole image.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ..flows.blockwise import masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
 from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
 from ..plan import Plan
-from ..storage.files import atomic_write_json, exists, read_json
+from ..storage.files import atomic_write_json, exists, read_json, remove_path
 from ..storage.flowstore import FlowStore
 from ..storage.images import open_image
 from ..storage.labels import LabelOutput, is_published
@@ -127,17 +128,22 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
         staging.core[plan.grid.core(b)] = local
         ids[b] = present.astype(np.uint64)
 
-    # the seed labels (8 bytes per voxel) wait in a memory-mapped file: pages the kernel can write out and
-    # drop, not the process's own memory; the file is ours alone, so recreated on a rerun
-    staged = np.lib.format.open_memmap(plan.seedlabels_path, mode="w+", dtype=np.int64, shape=tuple(plan.shape))
+    # the seed labels (8 bytes per voxel) and the end points (8 bytes per foreground voxel) wait in files:
+    # pages the kernel can write out and drop, not the process's own memory; ours alone, so recreated on a rerun
+    scratch = plan.flows_scratch
+    remove_path(scratch)
+    scratch.mkdir(parents=True)
+    staged = np.lib.format.open_memmap(scratch / "seedlabels.npy", mode="w+", dtype=np.int64,
+                                       shape=tuple(plan.shape))
     try:
         _, report, resolution = masks_blockwise(
             store.dP, store.cellprob, plan.block_shape, installed_dynamics(), halo=plan.halo, niter=niter,
             cellprob_threshold=s["cellprob_threshold"], flow_threshold=s["flow_threshold"], min_size=s["min_size"],
-            max_size_fraction=s["max_size_fraction"], do_3D=s["do_3D"], sink=sink, staged=staged)
+            max_size_fraction=s["max_size_fraction"], do_3D=s["do_3D"], sink=sink, staged=staged,
+            ends_dir=scratch)
     finally:
         del staged
-        plan.seedlabels_path.unlink(missing_ok=True)
+        remove_path(scratch)
 
     counts = np.array([ids[b].size for b in range(plan.n_blocks)], np.uint64)
     offsets = np.zeros(plan.n_blocks + 1, np.uint64)
