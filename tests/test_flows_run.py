@@ -182,6 +182,38 @@ def test_a_run_killed_while_writing_the_output_resumes_without_predicting_again(
                                                                  backend_options={"threshold": 1}), 4)
 
 
+def test_a_predict_killed_halfway_goes_on_with_the_blocks_it_did_not_write(model, tmp_path) -> None:
+    """The blocks a killed predict-flows marked written are kept; the others are
+    predicted again, with only the network work they need, into the same flows
+    bit for bit."""
+    import zarr
+
+    from pystitch.steps.flows_rule import predict_step
+    from pystitch.storage.flowstore import DONE, FlowStore
+
+    path = save(tmp_path / "img.zarr", image((640, 480), seed=5))
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=(160, 240), backend="cellpose",
+                                rule="flows", backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
+    first = predict_step(plan.plan_path, device="cpu")
+    assert first["blocks_resumed"] == 0 and plan.n_blocks == 8 and first["batches"] >= 2
+    whole = zarr.open_group(plan.flows_uri, mode="r")
+    dP, cellprob = whole["dP"][:], whole["cellprob"][:]
+    # as a predict killed before it wrote the top two blocks leaves the store: unmarked and unwritten
+    store = FlowStore.open(plan.flows_uri, plan.hash)
+    store.group.attrs["complete"] = False
+    for b in (0, 1):
+        (tmp_path / "out_work" / "flows.zarr" / DONE / str(b)).unlink()
+        core = plan.grid.core(b)
+        store.write(core, np.full(dP.shape, np.nan)[(slice(None), *core)], np.full(cellprob.shape, np.nan)[core])
+    assert store.blocks_done() == set(range(2, 8))
+    again = predict_step(plan.plan_path, device="cpu")
+    assert again["blocks_resumed"] == 6
+    assert 0 < again["batches"] < first["batches"]  # only the network work the two blocks need
+    store = FlowStore.open(plan.flows_uri, plan.hash)
+    assert store.complete and store.blocks_done() == set(range(plan.n_blocks))
+    assert np.array_equal(store.dP[:], dP) and np.array_equal(store.cellprob[:], cellprob)
+
+
 def test_follow_flows_refuses_an_unfinished_flow_store(model, tmp_path) -> None:
     from pystitch.errors import StagingError
     from pystitch.steps.flows_rule import follow_step, predict_step

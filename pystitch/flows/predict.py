@@ -706,6 +706,8 @@ class StreamReport:
     tiles: int = 0
     peak_tiles: int = 0
     tile_bytes: int = 0
+    #: blocks a rerun found written (set by the caller that skips them)
+    resumed: int = 0
 
     @property
     def peak_bytes(self) -> int:

@@ -21,7 +21,9 @@ as two tasks, :func:`predict_step` (``predict-flows``, the network: the only
 one that wants a GPU) and :func:`follow_step` (``follow-flows``, on the CPU),
 then apply-lut and finalize as for any rule.  A rerun of either reuses what
 is complete: predict a complete flow store of the plan, follow the lut and
-partial output it made (never recreating an output apply-lut has written).
+partial output it made (never recreating an output apply-lut has written);
+predict killed halfway goes on with the blocks its flow store has not marked
+written (:meth:`pystitch.storage.flowstore.FlowStore.blocks_done`).
 
 Each stage runs in one process.  Memory: predict holds the network
 output of the tiles between the blocks blended and those to come (3 float32
@@ -75,18 +77,24 @@ def _bounds(plan: Plan, b: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None) -> FlowStore:
-    """The flow store of ``plan``: reused when complete for this plan, else computed.
+    """The flow store of ``plan``: reused when complete for this plan, else computed
+    (the blocks a killed predict of this plan marked written are kept).
 
     ``segmenter``: the cellpose adapter (:class:`pystitch.backends.cellpose.CellposeSegmenter`), loaded;
     ``report``: filled with what the network computed and held (:func:`pystitch.flows.predict.stream_blocks`).
     """
+    done: set[int] = set()
     if exists(plan.flows_uri):
         # another plan's store is refused (PlanMismatchError), never taken nor removed
         store = FlowStore.open(plan.flows_uri, plan.hash)
         if store.complete:
             log.info("the flow store %s of this plan is complete: predict skipped", plan.flows_uri)
             return store
-    store = FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)
+        done = store.blocks_done()  # a predict of this plan killed halfway: the blocks it finished stay
+        log.info("the flow store %s of this plan has %d of %d blocks: predicting the others", plan.flows_uri,
+                 len(done), plan.n_blocks)
+    else:
+        store = FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)
     geometry = Geometry(plan.shape, segmenter.model_facts())
     source = open_image(plan.image)
     report = report if report is not None else StreamReport()
@@ -94,10 +102,13 @@ def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None
         def read(box: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
             return segmenter.network_input(source.read(tuple(slice(a, b) for a, b in zip(*box))))
 
-        cores = [_bounds(plan, b) for b in range(plan.n_blocks)]
-        for b, dP, cellprob in stream_blocks(geometry, cores, lambda batch: segmenter.forward(
-                batch_input(geometry, batch, read)), report):
-            store.write(plan.grid.core(b), dP, cellprob)
+        def forward(batch: Any) -> np.ndarray:
+            return segmenter.forward(batch_input(geometry, batch, read))
+
+        todo = [b for b in range(plan.n_blocks) if b not in done]
+        report.resumed = plan.n_blocks - len(todo)
+        for k, dP, cellprob in stream_blocks(geometry, [_bounds(plan, b) for b in todo], forward, report):
+            store.write(plan.grid.core(todo[k]), dP, cellprob, block=todo[k])
     finally:
         source.close()
     store.mark_complete()
@@ -203,7 +214,7 @@ def predict_step(plan: Plan | str | os.PathLike, *, device: str | None = None,
     finally:
         backend.close()
     return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": plan.n_blocks, "tiles": report.tiles,
-            "batches": report.batches, "peak_tiles_held": report.peak_tiles,
+            "batches": report.batches, "peak_tiles_held": report.peak_tiles, "blocks_resumed": report.resumed,
             "peak_tile_bytes": report.peak_bytes, "seconds": round(time.perf_counter() - t0, 4)}
 
 

@@ -5,7 +5,9 @@ directory: the work directory, or an ``s3://`` URL) with two float32 arrays
 chunked like the blocks: ``dP`` (ndim, *shape; flows per axis) and
 ``cellprob`` (*shape).  Its attributes name the plan it belongs to
 (``plan_hash``, checked on every open like the other staging stores) and say
-when every block was written (``complete``, set last).
+when every block was written (``complete``, set last).  Each block written is
+marked by an empty object ``blocks-done/<block>`` (written after its chunks):
+a predict killed halfway is resumed from the blocks not marked.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from ..errors import StagingError
-from .files import check_plan_hash, remove_path
+from . import remote
+from .files import atomic_write_bytes, check_plan_hash, exists, remove_path
 from .remote import zarr_kwargs
+
+#: the directory (prefix) in the store of the marks of the blocks written
+DONE = "blocks-done"
 
 
 class FlowStore:
@@ -62,6 +68,20 @@ class FlowStore:
     def mark_complete(self) -> None:
         self.group.attrs["complete"] = True
 
-    def write(self, core: tuple[slice, ...], dP: np.ndarray, cellprob: np.ndarray) -> None:
+    def write(self, core: tuple[slice, ...], dP: np.ndarray, cellprob: np.ndarray, block: int | None = None) -> None:
+        """Write a block's core; then, given its number, mark it written."""
         self.dP[(slice(None), *core)] = np.asarray(dP, np.float32)
         self.cellprob[core] = np.asarray(cellprob, np.float32)
+        if block is not None:
+            mark = remote.join(self.uri, DONE, str(int(block)))
+            if remote.is_remote(mark):
+                remote.write_bytes(mark, b"")
+            else:
+                atomic_write_bytes(mark, b"")
+
+    def blocks_done(self) -> set[int]:
+        """The blocks marked written (their chunks are whole)."""
+        root = remote.join(self.uri, DONE)
+        if not exists(root):
+            return set()
+        return {int(n) for n in remote.list_below(root) if n.isdigit()}

@@ -285,6 +285,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
+def list_below(root: str) -> list[str]:
+    """Relative names (``/``-separated) of every file below a local directory or URL."""
+    return _list(root)
+
+
 def _list(root: str) -> list[str]:
     """Relative names (``/``-separated) of every file below a local directory or URL."""
     if is_remote(root):
