@@ -14,6 +14,10 @@ for a 3-D (``do_3D``) or 2-D image and a block grid:
 * ``tiles_read_per_block``: tile output voxels a block blends / core voxels;
 * ``halo_network_per_image``: the alternative that is *not* exact: ``eval``
   on each block grown by a halo (one diameter), tile voxels / image voxels;
+* ``tasks``: the pipeline runs predict in batches of ``blocks_per_task``
+  blocks (C order), each running every forward batch its blocks read: the
+  network work of all tasks together / whole-image ``eval``'s, per batch size
+  (a forward batch read by blocks of two tasks runs in both);
 * ``held``: what predict holds while it streams the blocks in C order
   (:func:`pystitch.flows.predict.tile_schedule`: a tile output is dropped
   after the last block that reads it): the most tile outputs held at once,
@@ -72,6 +76,7 @@ def measure(shape: tuple[int, ...], block: tuple[int, ...], major: int, rescale:
     return {
         "shape": list(shape), "block": list(block), "cellpose_major": major, "rescale": rescale,
         "held": held(g, block_grid(shape, block)),
+        "tasks": {str(k): round(in_tasks(g, block_grid(shape, block), k) / whole, 3) for k in (1, 2, 4, 8, 16, 64)},
         "tile": f.bsize, "batch_size": f.batch_size,
         "network_per_image": round(whole / image, 3),
         "network_blocks_per_eval": round(owned_tiles / whole, 6),
@@ -79,6 +84,17 @@ def measure(shape: tuple[int, ...], block: tuple[int, ...], major: int, rescale:
         "tiles_read_per_block": {"max": round(max(blends), 3), "mean": round(float(np.mean(blends)), 3)},
         "halo": halo, "halo_network_per_image": round(halo_tiles / image, 3),
     }
+
+
+def in_tasks(g: Geometry, cores: list, blocks_per_task: int) -> int:
+    """Tile pixels the network computes when ``cores`` are predicted in tasks of ``blocks_per_task``."""
+    total = 0
+    for first in range(0, len(cores), blocks_per_task):
+        for _, run, _ in tile_schedule(g, cores[first:first + blocks_per_task]):
+            for batch, _ in run:
+                o = g.orientations[batch.orientation]
+                total += len(batch.members) * o.tile[0] * o.tile[1]
+    return total
 
 
 def held(g: Geometry, cores: list) -> dict:

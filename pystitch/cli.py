@@ -302,7 +302,8 @@ def cmd_predict_flows(o: dict) -> None:
     from .steps.flows_rule import predict_step
 
     core, _ = P.bind("predict-flows", o)
-    summary = predict_step(core["plan"], device=core["device"], allow_cpu_fallback=core["allow_cpu_fallback"])
+    blocks = _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all")
+    summary = predict_step(core["plan"], blocks, device=core["device"], allow_cpu_fallback=core["allow_cpu_fallback"])
     print(json.dumps(summary))
 
 

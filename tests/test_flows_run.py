@@ -12,6 +12,7 @@ flow store of another plan is refused.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -135,10 +136,14 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys)
     assert main(["plan-blocks", path, str(tmp_path / "out.zarr"), "--block-shape", "40,48",
                  "--work-dir", str(tmp_path / "work"), *flows_cli(model)]) == 0
     plan = capsys.readouterr().out.strip().splitlines()[-1]
-    assert main(["predict-flows", plan, "--device", "cpu"]) == 0
+    # two batches of blocks, as two pipeline tasks write the flow store; follow-flows waits for both
+    assert main(["predict-flows", plan, "--blocks", "0-4", "--device", "cpu"]) == 0
     predicted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert predicted["blocks"] == 9 and predicted["flows"].endswith("flows.zarr")
+    assert predicted["blocks"] == 5 and predicted["flows"].endswith("flows.zarr")
     assert 0 < predicted["peak_tiles_held"] <= predicted["tiles"] and predicted["batches"] > 0
+    assert main(["follow-flows", plan]) == 1  # refused: the flow store is not complete
+    assert not (tmp_path / "work" / "lut.zarr").exists()
+    assert main(["predict-flows", plan, "--blocks", "5-8", "--device", "cpu"]) == 0
     assert main(["follow-flows", plan]) == 0
     resolved = json.loads((tmp_path / "work" / "resolve.json").read_text())
     assert not (tmp_path / "work" / "flows-scratch").exists()  # the dynamics' scratch files are gone
@@ -222,14 +227,15 @@ def test_follow_flows_refuses_an_unfinished_flow_store(model, tmp_path) -> None:
     path = save(tmp_path / "img.zarr", image((64, 64), seed=1))
     plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=32, backend="cellpose", rule="flows",
                                 backend_options={"pretrained_model": str(model), "diameter": DIAMETER})
-    with pytest.raises(StagingError, match="Expected the flow store of this plan at .*Got nothing there: run "
-                                           "predict-flows on this plan first"):
-        follow_step(plan.plan_path)
-    FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)  # as a killed predict-flows leaves it
+    assert FlowStore.open(plan.flows_uri, plan.hash).blocks_done() == set()  # created by plan-blocks, empty
     with pytest.raises(StagingError, match="Expected a complete flow store") as info:
         follow_step(plan.plan_path)
     assert "\n" not in str(info.value) and "run predict-flows on this plan first" in str(info.value)
     assert not (tmp_path / "out_work" / "lut.zarr").exists() and not list(tmp_path.glob("**/lut.zarr"))
+    shutil.rmtree(plan.flows_uri)  # and none at all
+    with pytest.raises(StagingError, match="Expected the flow store of this plan at .*Got nothing there: run "
+                                           "predict-flows on this plan first"):
+        follow_step(plan.plan_path)
     # and a plan of another rule is refused by both steps
     other = pystitch.plan_blocks(path, tmp_path / "exact.zarr", block_shape=32, halo=2,
                                  backend_options={"threshold": 1})
@@ -285,10 +291,11 @@ def test_the_per_block_steps_refuse_a_flows_plan(model, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.nextflow
 def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) -> None:
-    """``nextflow run main.nf --backend cellpose --rule flows``: predict-flows and
-    follow-flows run as one task each per image, apply-lut in batches; the
-    published labels and regions table are byte for byte those of ``pystitch
-    run --rule flows`` on the same image; -resume caches every task."""
+    """``nextflow run main.nf --backend cellpose --rule flows``: predict-flows in
+    batches of blocks (writing one flow store side by side), follow-flows once
+    per image, apply-lut in batches; the published labels and regions table
+    are byte for byte those of ``pystitch run --rule flows`` on the same image;
+    -resume caches every task."""
     from nf_support import assert_same_labels, ok, reference_run, step, summary_of, trace_rows
 
     path = save(tmp_path / "img.zarr", image((96, 120), seed=3))
@@ -299,7 +306,7 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
                 "-with-trace", launch / "trace.txt", parser="v2"))
     rows = trace_rows(launch / "trace.txt")
     counts = {s: sum(step(r) == s for r in rows) for s in {step(r) for r in rows}}
-    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 1, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3, "FINALIZE": 1}
+    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 3, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3, "FINALIZE": 1}
 
     reference_run(path, tmp_path / "run.zarr", *[str(a).replace("_", "-") if str(a).startswith("--") else a
                                                  for a in settings])

@@ -8,11 +8,11 @@
  *                └─ batches + lut.zarr ─► APPLY_LUT ─► (per image) FINALIZE
  *
  * With --rule flows (Cellpose's dynamics followed across blocks: no seams, no
- * matching) two per-image steps take the place of segment, face-pairs and
- * resolve, and write the same lut.zarr:
+ * matching) a batch step (the network) and a per-image step (the dynamics)
+ * take the place of segment, face-pairs and resolve, and write the same lut.zarr:
  *
- *   PLAN_BLOCKS ─► PREDICT_FLOWS (the network; the only GPU task) ─► FOLLOW_FLOWS
- *                  ─► lut.zarr ─► APPLY_LUT (every block) ─► FINALIZE
+ *   PLAN_BLOCKS ─ batches ─► PREDICT_FLOWS (the network; the only GPU task)
+ *               ─► (per image) FOLLOW_FLOWS ─► lut.zarr ─► APPLY_LUT (every block) ─► FINALIZE
  *
  * One task handles a batch of `blocks_per_task` blocks (listed by `pystitch
  * batches`, blocks planned empty left out), so 10^5 blocks are not 10^5 jobs.
@@ -102,18 +102,15 @@ workflow PYSTITCH {
 
     if (params.rule == 'flows') {
         //
-        // The flows rule: the network over each image, then Cellpose's dynamics over it
+        // The flows rule: the network over each batch of blocks, then Cellpose's dynamics over each image
         //
         PREDICT_FLOWS(
-            ch_plan
-                .join(ch_images)
-                .join(ch_estimates)
-                .map { meta, plan, image, estimates -> [ meta, plan, image, estimates['predict-flows'] ] }
+            ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['predict-flows'] ] }
         )
 
         FOLLOW_FLOWS(
             ch_plan
-                .join(PREDICT_FLOWS.out.json)
+                .join(gatherPerImage(PREDICT_FLOWS.out.json, ch_counts))
                 .join(ch_estimates)
                 .map { meta, plan, predicted, estimates -> [ meta, plan, predicted, estimates['follow-flows'] ] }
         )

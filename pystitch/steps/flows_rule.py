@@ -16,10 +16,11 @@ Cellpose computes on the whole image, block by block:
    ``1..n`` with a lut of their final ids, so that apply-lut and finalize
    write a normal pystitch output (labels, pyramid, regions, summary).
 
-``pystitch run`` runs both stages in its own process; a workflow runs them
-as two tasks, :func:`predict_step` (``predict-flows``, the network: the only
-one that wants a GPU) and :func:`follow_step` (``follow-flows``, on the CPU),
-then apply-lut and finalize as for any rule.  A rerun of either reuses what
+``pystitch run`` runs both stages in its own process; a workflow runs
+:func:`predict_step` (``predict-flows --blocks``, the network: the only step
+that wants a GPU) in batches of blocks writing the one flow store plan-blocks
+created, then :func:`follow_step` (``follow-flows``, on the CPU) once, then
+apply-lut and finalize as for any rule.  A rerun of either reuses what
 is complete: predict a complete flow store of the plan, follow the lut and
 partial output it made (never recreating an output apply-lut has written);
 predict killed halfway goes on with the blocks its flow store has not marked
@@ -46,6 +47,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ from ..errors import LabelOverflowError, StagingError
 from ..flows.blockwise import masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
 from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
+from ..grid import parse_block_ids
 from ..plan import Plan
 from ..storage.files import atomic_write_json, exists, read_json, remove_path
 from ..storage.flowstore import FlowStore
@@ -76,9 +79,13 @@ def _bounds(plan: Plan, b: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(s.start for s in core), tuple(s.stop for s in core)
 
 
-def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None) -> FlowStore:
-    """The flow store of ``plan``: reused when complete for this plan, else computed
-    (the blocks a killed predict of this plan marked written are kept).
+def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None,
+                  blocks: Sequence[int] | None = None) -> FlowStore:
+    """The flow store of ``plan``: reused when complete for this plan, else
+    computed for ``blocks`` (default all; the blocks a killed predict of this
+    plan marked written are kept).  Tasks of other blocks may write the same
+    store at the same time (each block its own chunks); whichever finds every
+    block marked after its own marks the store complete.
 
     ``segmenter``: the cellpose adapter (:class:`pystitch.backends.cellpose.CellposeSegmenter`), loaded;
     ``report``: filled with what the network computed and held (:func:`pystitch.flows.predict.stream_blocks`).
@@ -105,15 +112,17 @@ def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None
         def forward(batch: Any) -> np.ndarray:
             return segmenter.forward(batch_input(geometry, batch, read))
 
-        todo = [b for b in range(plan.n_blocks) if b not in done]
-        report.resumed = plan.n_blocks - len(todo)
+        wanted = range(plan.n_blocks) if blocks is None else sorted(set(int(b) for b in blocks))
+        todo = [b for b in wanted if b not in done]
+        report.resumed = len(wanted) - len(todo)
         for k, dP, cellprob in stream_blocks(geometry, [_bounds(plan, b) for b in todo], forward, report):
             store.write(plan.grid.core(todo[k]), dP, cellprob, block=todo[k])
     finally:
         source.close()
-    store.mark_complete()
+    if blocks is None or store.blocks_done() >= set(range(plan.n_blocks)):
+        store.mark_complete()
     log.info("predicted flows of %d blocks (%d tiles in %d batches; at most %d tile outputs, %.1f MiB, held) -> %s",
-             plan.n_blocks, report.tiles, report.batches, report.peak_tiles, report.peak_bytes / 2**20,
+             len(todo), report.tiles, report.batches, report.peak_tiles, report.peak_bytes / 2**20,
              plan.flows_uri)
     return store
 
@@ -198,22 +207,25 @@ def flows_inputs(plan: Plan) -> str:
     return hashlib.sha256(json.dumps([plan.hash, "flows"]).encode()).hexdigest()
 
 
-def predict_step(plan: Plan | str | os.PathLike, *, device: str | None = None,
+def predict_step(plan: Plan | str | os.PathLike, blocks: Any = "all", *, device: str | None = None,
                  allow_cpu_fallback: bool | None = None) -> dict:
-    """``predict-flows``: the network over the whole image into the plan's flow
-    store (nothing to do when it is complete).  Returns a summary."""
+    """``predict-flows``: the network over ``blocks`` of the image (ids as the
+    other batch steps take them; default all) into the plan's flow store
+    (nothing to do for blocks already written, or when it is complete).
+    Returns a summary."""
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     plan.require_flows_rule("predict-flows")
+    ids = parse_block_ids(blocks, plan.n_blocks)
     runtime = {k: v for k, v in {"device": device, "allow_cpu_fallback": allow_cpu_fallback}.items()
                if v is not None}
     backend = plan.make_backend().open(None, **runtime)
     report = StreamReport()
     try:
-        predict_flows(plan, backend.segmenter, report)
+        predict_flows(plan, backend.segmenter, report, blocks=ids)
     finally:
         backend.close()
-    return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": plan.n_blocks, "tiles": report.tiles,
+    return {"plan_hash": plan.hash, "flows": plan.flows_uri, "blocks": len(ids), "tiles": report.tiles,
             "batches": report.batches, "peak_tiles_held": report.peak_tiles, "blocks_resumed": report.resumed,
             "peak_tile_bytes": report.peak_bytes, "seconds": round(time.perf_counter() - t0, 4)}
 

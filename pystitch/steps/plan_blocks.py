@@ -29,6 +29,7 @@ from ..storage.labels import (
     OUTPUT_FORMATS, check_replaceable, image_pyramid_factors, is_published, ngff_version_of, pyramid_factors,
     read_marker,
 )
+from ..storage.flowstore import FlowStore
 from ..storage.staging import create_staging
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ def _plan(spec: ImageSpec, output: str, wd: str, sd: str | None, *, block_shape:
     plan.clean_work_dir()  # what an earlier plan left here (never other files)
     Path(wd).mkdir(parents=True, exist_ok=True)
     create_staging(plan.staging_uri, plan.grid, plan.hash)
+    if plan.rule == "flows":  # here, once: predict-flows tasks of different blocks write it at the same time
+        FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)
     plan.save()
     log.info("planned %d blocks (grid %s, block %s, halo %s, %d empty) for %s -> %s",
              plan.n_blocks, plan.grid.counts, plan.block_shape, plan.halo, len(plan.empty_blocks), spec.uri, output)
