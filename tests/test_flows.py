@@ -25,7 +25,7 @@ fastremap = pytest.importorskip("fastremap")
 from cellpose import dynamics as cpdyn  # noqa: E402
 
 from pystitch.flows.assign import ObjectStats, merge_object_stats, object_stats  # noqa: E402
-from pystitch.flows.blockwise import block_grid, masks_blockwise  # noqa: E402
+from pystitch.flows.blockwise import EndPointFiles, block_grid, follow_blocks, masks_blockwise  # noqa: E402
 from pystitch.flows.dynamics import check_kernels, installed_dynamics, niter_for  # noqa: E402
 from pystitch.flows.filters import (  # noqa: E402
     cp4_diffusion, cp4_diffusion_dtype, small_to_remove, torch_sum9_block,
@@ -234,7 +234,7 @@ def test_seed_labels_and_end_points_kept_in_files_give_the_same_masks(tmp_path) 
     dP, cellprob = synthetic(shape, 16, 5, seed=9)
     ref = cellpose_masks(dP, cellprob, do_3D=True, **SETTINGS)
     staged = np.lib.format.open_memmap(tmp_path / "seed.npy", mode="w+", dtype=np.int64, shape=shape)
-    out, report = blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=staged, ends_dir=tmp_path,
+    out, report = blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=staged, ends=tmp_path,
                             **SETTINGS)
     assert ref.max() >= 5 and np.array_equal(out, ref)
     assert set(np.unique(staged)) - {0}  # the seed labels went to the file
@@ -245,6 +245,57 @@ def test_seed_labels_and_end_points_kept_in_files_give_the_same_masks(tmp_path) 
         with pytest.raises(InputError, match="Expected an int64 array of shape") as info:
             blockwise(dP, cellprob, (10, 16, 20), halo=(6, 6, 6), staged=wrong, **SETTINGS)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape,block,halo,offset", [((20, 36, 40), (10, 16, 20), (6, 6, 6), None),
+                                                     ((70, 90), (30, 25), (5, 5), (7, 11))])
+def test_trajectories_followed_by_separate_tasks_give_cellpose_masks(tmp_path, shape, block, halo, offset) -> None:
+    """follow-flows --blocks: the trajectories of some blocks, in other processes, earlier, in any
+    order (a batch followed twice keeps what is there); the dynamics take their end points and
+    follow the blocks no task did. Same masks as cellpose on the whole arrays."""
+    ndim = len(shape)
+    dP, cellprob = synthetic(shape, 16 if ndim == 3 else 12, 5, seed=13)
+    ref = cellpose_masks(dP, cellprob, do_3D=ndim == 3, **SETTINGS)
+    grid = block_grid(shape, block, offset)
+    rng = np.random.default_rng(4)
+    ids = rng.permutation(len(grid))
+    some, other = ids[: len(ids) // 2], ids[len(ids) // 2: -2]  # the last two blocks: no task followed them
+    files = EndPointFiles(tmp_path, stamp="plan-a")
+    kw = dict(halo=halo, niter=SETTINGS["niter"], cellprob_threshold=SETTINGS["cellprob_threshold"])
+    first = follow_blocks(dP, cellprob, some, grid, files, DYN, **kw)
+    assert first["followed"] == len(some) and first["kept"] == 0
+    second = follow_blocks(dP, cellprob, np.concatenate([other, some[:2]]), grid, EndPointFiles(tmp_path, "plan-a"),
+                           DYN, **kw)
+    assert (second["followed"], second["kept"]) == (len(other), 2)
+    assert len(list(tmp_path.glob("follow-*.npz"))) == len(grid) - 2
+    out, report = blockwise(dP, cellprob, block, halo=halo, offset=offset, ends=files, **SETTINGS)
+    assert ref.max() >= 5 and np.array_equal(out, ref)
+    assert report.n_foreground == int((cellprob > 0).sum())
+    assert len(list(tmp_path.glob("follow-*.npz"))) == len(grid)  # the two it followed itself are there too
+
+
+def test_end_points_of_another_plan_grid_or_flows_are_refused(tmp_path) -> None:
+    """End points left by a follow are taken only for the plan, core and flows they were followed
+    for: another stamp or grid is refused, truncated files are corrupt, never used."""
+    from pystitch.errors import PlanMismatchError, StagingError
+
+    shape, block, halo = (60, 80), (30, 40), (5, 5)
+    dP, cellprob = synthetic(shape, 10, 5, seed=21)
+    grid = block_grid(shape, block)
+    kw = dict(halo=halo, niter=SETTINGS["niter"], cellprob_threshold=SETTINGS["cellprob_threshold"])
+    follow_blocks(dP, cellprob, range(len(grid)), grid, EndPointFiles(tmp_path, "plan-a"), DYN, **kw)
+    with pytest.raises(PlanMismatchError, match="of plan plan-b at .* Got those of plan plan-a") as info:
+        blockwise(dP, cellprob, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-b"), **SETTINGS)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PlanMismatchError, match="with core .* Got those of core"):
+        blockwise(dP, cellprob, (30, 20), halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
+    # flows other than those followed: the end points no longer fit the foreground
+    with pytest.raises(StagingError, match="end points of block .* one per foreground voxel"):
+        blockwise(dP, cellprob + 0.5, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
+    ends = tmp_path / "ends-1.npy"
+    ends.write_bytes(ends.read_bytes()[:-16])
+    with pytest.raises(StagingError, match="block 1 .*(unreadable|corrupt)"):
+        blockwise(dP, cellprob, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
 
 
 def test_no_background_and_no_foreground() -> None:

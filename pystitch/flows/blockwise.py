@@ -17,26 +17,31 @@ Tasks and what each needs and hands on (``n`` foreground voxels of a block):
    filled-hole voxels;
 7. apply (per block): seed labels -> final ids.
 
-Blocks are processed in any order (``order``) with identical results.
+Blocks are processed in any order (``order``) with identical results.  The
+follow of a block may run in another process, earlier (:class:`EndPointFiles`):
+what it leaves is taken as if followed here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, PlanMismatchError, StagingError
+from ..progress import advance
+from ..storage.files import atomic_write_bytes, atomic_write_npz, read_npz
 from .assign import assign_ends, block_labels, merge_object_stats, object_stats
 from .dynamics import Dynamics
 from .filters import Resolution, resolve_masks
 from .follow import FollowedBlock, endpoint_histogram, follow_block
 from .seeds import GROW_STEPS, MAX_BOX, Histogram, Seeds, find_seeds, grow_seeds, merge_histograms, rank_seeds, region_map
 
-__all__ = ["BlockwiseReport", "block_grid", "masks_blockwise"]
+__all__ = ["BlockwiseReport", "EndPointFiles", "block_grid", "masks_blockwise"]
 
 #: a region's seeds and their growth need the histogram this far around it
 SEED_MARGIN = GROW_STEPS + MAX_BOX // 2
@@ -83,13 +88,118 @@ class BlockwiseReport:
     removed: dict
 
 
+class EndPointFiles:
+    """Each block's end points in files of a directory, out of memory between
+    follow and assign, and left by a follow of some blocks (another task, an
+    earlier run) for the rest of the dynamics.
+
+    Per block ``b``: ``ends-<b>.npy`` (int64, the end point of every
+    foreground voxel of the core; read back memory-mapped) and, written last,
+    ``follow-<b>.npz`` (the block's core, its histogram piece, what the follow
+    measured and ``stamp``): a block whose npz is there is followed.  Files of
+    another stamp (another plan) or of another core are refused, never used.
+    """
+
+    def __init__(self, directory: str | os.PathLike, stamp: str = "") -> None:
+        self.directory = os.fspath(directory)
+        self.stamp = str(stamp)
+
+    def ends_path(self, block: int) -> str:
+        return os.path.join(self.directory, f"ends-{int(block)}.npy")
+
+    def piece_path(self, block: int) -> str:
+        return os.path.join(self.directory, f"follow-{int(block)}.npz")
+
+    def save(self, block: int, followed: FollowedBlock, piece: tuple[np.ndarray, np.ndarray]) -> None:
+        """Write the block's end points, then the piece that marks them complete."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(followed.ends, np.int64), allow_pickle=False)
+        atomic_write_bytes(self.ends_path(block), buf.getvalue())
+        del buf
+        atomic_write_npz(self.piece_path(block), {
+            "stamp": np.array(self.stamp), "lo": np.asarray(followed.lo, np.int64),
+            "hi": np.asarray(followed.hi, np.int64), "positions": piece[0], "counts": piece[1],
+            "n_foreground": np.int64(followed.ends.size), "n_escaped": np.int64(followed.n_escaped),
+            "reach": np.asarray(followed.reach, np.int64), "halo": np.asarray(followed.halo, np.int64)})
+
+    def load(self, block: int, lo: Sequence[int], hi: Sequence[int]) -> tuple[FollowedBlock, tuple] | None:
+        """The block's follow (its ``ends`` left empty: see :meth:`ends`) and
+        histogram piece when its files are complete, else None."""
+        path = self.piece_path(block)
+        if not os.path.exists(path):
+            return None
+        d = read_npz(path, f"the end points of block {block}",
+                     ("stamp", "lo", "hi", "positions", "counts", "n_foreground", "n_escaped", "reach", "halo"))
+        if str(d["stamp"]) != self.stamp:
+            raise PlanMismatchError(f"Expected the end points of block {block} of plan {self.stamp} at {path}. "
+                                    f"Got those of plan {d['stamp']} instead: remove {self.directory} or use the "
+                                    "work directory of that plan.")
+        lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+        if tuple(d["lo"].tolist()) != lo or tuple(d["hi"].tolist()) != hi:
+            raise PlanMismatchError(f"Expected the end points of block {block} with core {lo}..{hi} at {path}. "
+                                    f"Got those of core {tuple(d['lo'].tolist())}..{tuple(d['hi'].tolist())} "
+                                    "instead (another block grid).")
+        n = int(d["n_foreground"])
+        ends = self.ends(block)
+        if ends.shape != (n,):
+            raise StagingError(f"Expected {n} end points of block {block} in {self.ends_path(block)}. "
+                               f"Got an array of shape {ends.shape} instead; it is corrupt.")
+        del ends
+        followed = FollowedBlock(lo, hi, np.empty(0, np.int64), int(d["n_escaped"]),
+                                 tuple(int(v) for v in d["reach"]), tuple(int(v) for v in d["halo"]))
+        return followed, (d["positions"].astype(np.int64), d["counts"].astype(np.int64)), n
+
+    def ends(self, block: int) -> np.ndarray:
+        """The block's end points, memory-mapped."""
+        path = self.ends_path(block)
+        try:
+            ends = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise StagingError(f"Expected the end points of block {block} at {path}. Got nothing there.") from None
+        except (OSError, ValueError) as exc:
+            raise StagingError(f"The end points of block {block} ({path}) are unreadable ({exc}); "
+                               "they are corrupt.") from exc
+        if ends.dtype != np.int64 or ends.ndim != 1:
+            raise StagingError(f"Expected int64 end points of block {block} in {path}. "
+                               f"Got {ends.dtype} of shape {ends.shape} instead; they are corrupt.")
+        return ends
+
+
+def follow_blocks(dP: Any, cellprob: Any, blocks: Sequence[int], grid: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+                  files: EndPointFiles, dynamics: Dynamics, *, halo: Sequence[int], niter: int = 200,
+                  cellprob_threshold: float = 0.0, threads: int = 1) -> dict:
+    """The follow task of :func:`masks_blockwise` alone, for ``blocks`` of
+    ``grid``: each block's end points into ``files`` (blocks already there
+    are kept).  Returns what it did: blocks followed and kept, foreground
+    voxels, trajectories followed again, the reach per axis."""
+    shape = tuple(cellprob.shape)
+    read = _reader(dP, cellprob)
+    done = {"followed": 0, "kept": 0, "foreground": 0, "escaped": 0, "reach": [0] * len(shape)}
+    for b in blocks:
+        lo, hi = grid[b]
+        loaded = files.load(b, lo, hi)
+        if loaded is not None:
+            followed, _, n = loaded
+            done["kept"] += 1
+        else:
+            followed = follow_block(read, lo, hi, shape, niter, cellprob_threshold, dynamics, halo, threads)
+            n = int(followed.ends.size)
+            files.save(b, followed, endpoint_histogram(followed.ends))
+            done["followed"] += 1
+        done["foreground"] += n
+        done["escaped"] += followed.n_escaped
+        done["reach"] = [max(r, int(f)) for r, f in zip(done["reach"], followed.reach)]
+        advance("follow")
+    return done
+
+
 def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], dynamics: Dynamics, *,
                     halo: Sequence[int], niter: int = 200, cellprob_threshold: float = 0.0,
                     flow_threshold: float | None = 0.4, min_size: int = 15, max_size_fraction: float = 0.4,
                     do_3D: bool | None = None, order: Sequence[int] | None = None,
                     offset: Sequence[int] | None = None, argsort: str = "torch",
                     threads: int = 1, sink: Callable[[tuple[int, ...], tuple[int, ...], np.ndarray], None] | None = None,
-                    staged: Any = None, ends_dir: str | os.PathLike | None = None
+                    staged: Any = None, ends: EndPointFiles | str | os.PathLike | None = None
                     ) -> tuple[np.ndarray | None, BlockwiseReport, Resolution]:
     """Cellpose's masks from ``dP`` and ``cellprob`` computed block by block.
 
@@ -104,9 +214,9 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     ``staged``: where the seed labels wait between assign and apply, an int64
     array of the image's shape that slices like numpy (a zarr array chunked
     like the blocks keeps them out of memory); default a numpy array.
-    ``ends_dir``: an existing directory where each block's end points wait
-    between follow and assign (``ends-<block>.npy``, read back memory-mapped)
-    instead of in memory.
+    ``ends``: where each block's end points wait between follow and assign
+    instead of in memory (:class:`EndPointFiles`, or an existing directory for
+    them); blocks whose end points are already there are not followed again.
     """
     cellprob = cellprob if _sliceable(cellprob) else np.asarray(cellprob)
     shape = tuple(cellprob.shape)
@@ -121,21 +231,24 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     if sorted(order) != list(range(len(grid))):
         raise InputError(f"Expected order to be a permutation of the {len(grid)} blocks.")
 
-    def read(lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        return dP[(slice(None),) + box], cellprob[box]
+    read = _reader(dP, cellprob)
+    files = ends if isinstance(ends, EndPointFiles) or ends is None else EndPointFiles(ends)
 
-    # 1. follow
+    # 1. follow (or take what a follow of the block left in the files)
     followed: dict[int, FollowedBlock] = {}
     pieces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     n_foreground: dict[int, int] = {}
     for b in order:
         lo, hi = grid[b]
+        loaded = files.load(b, lo, hi) if files is not None else None
+        if loaded is not None:
+            followed[b], pieces[b], n_foreground[b] = loaded
+            continue
         followed[b] = follow_block(read, lo, hi, shape, niter, cellprob_threshold, dynamics, halo, threads)
         pieces[b] = endpoint_histogram(followed[b].ends)
         n_foreground[b] = int(followed[b].ends.size)
-        if ends_dir is not None:
-            np.save(_ends_path(ends_dir, b), followed[b].ends, allow_pickle=False)
+        if files is not None:
+            files.save(b, followed[b], pieces[b])
             followed[b] = dataclasses.replace(followed[b], ends=np.empty(0, np.int64))
 
     # 2. seeds per region, from the pieces that reach it
@@ -175,10 +288,13 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
         lo, hi = grid[b]
         box = tuple(slice(a, c) for a, c in zip(lo, hi))
         foreground = cellprob[box] > cellprob_threshold
-        ends = followed[b].ends if ends_dir is None else np.load(_ends_path(ends_dir, b), mmap_mode="r",
-                                                                  allow_pickle=False)
-        block_seed_labels = block_labels(foreground, assign_ends(ends, map_positions, map_labels))
-        del ends
+        block_ends = followed[b].ends if files is None else files.ends(b)
+        if block_ends.size != int(np.count_nonzero(foreground)):
+            raise StagingError(f"Expected {int(np.count_nonzero(foreground))} end points of block {b}, one per "
+                               f"foreground voxel of its core. Got {block_ends.size} instead: they were followed "
+                               "on other flows.")
+        block_seed_labels = block_labels(foreground, assign_ends(block_ends, map_positions, map_labels))
+        del block_ends
         staged[box] = block_seed_labels
         stats_pieces.append(object_stats(block_seed_labels, lo, shape))
     stats = merge_object_stats(stats_pieces, ndim)
@@ -229,8 +345,11 @@ def _clip(piece: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],
     return positions[inside], counts[inside]
 
 
-def _ends_path(ends_dir: str | os.PathLike, block: int) -> str:
-    return os.path.join(os.fspath(ends_dir), f"ends-{block}.npy")
+def _reader(dP: Any, cellprob: Any) -> Callable[[tuple[int, ...], tuple[int, ...]], tuple[np.ndarray, np.ndarray]]:
+    def read(lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        return dP[(slice(None),) + box], cellprob[box]
+    return read
 
 
 def _sliceable(a: object) -> bool:
