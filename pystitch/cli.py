@@ -47,7 +47,8 @@ SUMMARIES = {
     "predict-flows": "The flows rule's first step: Cellpose's network over the whole image, block by block, into "
                      "the plan's flow store (the only step of the rule that wants a GPU).",
     "follow-flows": "The flows rule's second step: Cellpose's dynamics on the flow store (trajectories, global "
-                    "seeds, mask filters); write the staging labels and the lut store; create the output array.",
+                    "seeds, mask filters); write the staging labels and the lut store; create the output array. "
+                    "With --blocks, only the trajectories of those blocks (a batch task before the whole step).",
     "apply-lut": "Write the final ids of blocks into the output and their region statistics.",
     "finalize": "Regions table, seam QC, pictures and summary; publish the output (its path and the report's "
                 "are printed).",
@@ -192,11 +193,12 @@ def _usage(p: P.Param) -> str:
 
 def _help_with_default(p: P.Param, command: str) -> str:
     default = p.default_for(command)
+    text = p.help_for(command)
     if p.kind == "bool" and default is not None:
-        return f"{p.help} (default: {'on' if default else 'off'})"
+        return f"{text} (default: {'on' if default else 'off'})"
     if default is not None and p.kind != "bool":
-        return f"{p.help} (default: {default})"
-    return p.help + (" (required)" if p.required else "")
+        return f"{text} (default: {default})"
+    return text + (" (required)" if p.required_in(command) else "")
 
 
 def _entry(head: str, text: str, width: int) -> list[str]:
@@ -311,7 +313,9 @@ def cmd_follow_flows(o: dict) -> None:
     from .steps.flows_rule import follow_step
 
     core, _ = P.bind("follow-flows", o)
-    follow_step(core["plan"], out=core["out"])
+    summary = follow_step(core["plan"], core["blocks"], out=core["out"])
+    if core["blocks"] is not None:  # a task of some blocks: what it did, for the workflow
+        print(json.dumps(summary))
 
 
 def cmd_apply_lut(o: dict) -> None:

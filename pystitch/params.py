@@ -108,6 +108,10 @@ class Param:
     sample_column: bool = False
     #: the choices the Nextflow pipeline and the plan-blocks step accept, when fewer than ``choices``
     pipeline_choices: tuple[str, ...] = ()
+    #: commands where a ``required`` parameter may be left out
+    optional_in: tuple[str, ...] = ()
+    #: the help of a command where the parameter means more than ``help`` says
+    command_help: dict[str, str] = field(default_factory=dict)
 
     @property
     def flag(self) -> str:
@@ -115,6 +119,12 @@ class Param:
 
     def default_for(self, command: str) -> Any:
         return self.command_defaults.get(command, self.default)
+
+    def required_in(self, command: str) -> bool:
+        return self.required and command not in self.optional_in
+
+    def help_for(self, command: str) -> str:
+        return self.command_help.get(command, self.help)
 
     def parse(self, value: Any) -> Any:
         """Check and normalise a value given from Python or the command line
@@ -287,8 +297,10 @@ PARAMS: tuple[Param, ...] = (
                  "batches"), positional=True,
        required=True, nextflow=False),
     _p("blocks", "text", "block ids: one (7), a range (0-9), a list (0,3,5), a mix (0-9,12) or all", group="step",
-       commands=("segment-block", "face-pairs", "predict-flows", "apply-lut"), required=True, nextflow=False,
-       metavar="IDS"),
+       commands=("segment-block", "face-pairs", "predict-flows", "follow-flows", "apply-lut"), required=True,
+       nextflow=False, metavar="IDS", optional_in=("follow-flows",),
+       command_help={"follow-flows": "only the trajectories of these blocks (ids as above): their end points "
+                                     "into the work directory, for the follow-flows of the whole plan"}),
     _p("manifest_dir", "str", "where manifests go (default: <work_dir>/manifests)", group="step",
        commands=("segment-block",), nextflow=False),
     _p("skip_existing", "bool", "skip blocks that already have a valid manifest", default=False, group="step",
@@ -400,7 +412,8 @@ PARAMS: tuple[Param, ...] = (
     _p("outdir", "str", "output folder or s3:// URL: <outdir>/<sample>/labels.zarr and its report",
        default="results",
        commands=(PIPELINE,), group="output", path_format="directory-path"),
-    _p("blocks_per_task", "int", "blocks segmented (with --rule flows: predicted), paired and relabelled by one task",
+    _p("blocks_per_task", "int", "blocks segmented (with --rule flows: predicted, then followed), paired and "
+       "relabelled by one task",
        default=64,
        commands=(PIPELINE,), group="running", minimum=1),
     _p("backend_args", "str", "more plan-blocks arguments, passed as they are", commands=(PIPELINE,),
@@ -501,8 +514,8 @@ def document(command: str, intro: str) -> str:
                 "paths": "path or list of paths", "text": "str"}[p.kind]
         suffix = f", default {default!r}" if default is not None else ", optional"
         owner = f" ({p.backend} backend)" if p.backend else ""
-        lines.append(f"{p.name} : {kind}{'' if p.required else suffix}")
-        text = p.help[0].upper() + p.help[1:] + owner + "."
+        lines.append(f"{p.name} : {kind}{'' if p.required_in(command) else suffix}")
+        text = p.help_for(command)[0].upper() + p.help_for(command)[1:] + owner + "."
         lines += textwrap.wrap(text, 76, initial_indent="    ", subsequent_indent="    ")
     return "\n".join(lines) + "\n"
 

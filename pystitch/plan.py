@@ -265,10 +265,16 @@ class Plan:
     @property
     def flows_scratch(self) -> Path:
         """Where follow-flows keeps, out of its memory, the image's seed labels
-        (``seedlabels.npy``, memory-mapped) and each block's end points
-        (``ends-<block>.npy``) while it runs: a directory in the work directory
-        (always a local filesystem), removed when it is done."""
+        (``seedlabels.npy``, memory-mapped) while it runs: a directory in the
+        work directory (always a local filesystem), removed when it is done."""
         return Path(self.work_dir) / "flows-scratch"
+
+    @property
+    def flows_ends(self) -> Path:
+        """Each block's end points (:class:`pystitch.flows.blockwise.EndPointFiles`):
+        written by ``follow-flows --blocks`` tasks or by follow-flows itself,
+        read by follow-flows, removed when it has written the lut."""
+        return Path(self.work_dir) / "flows-ends"
 
     def flows_settings(self) -> dict:
         """What the flows rule's dynamics use (all of it in the hashed backend settings)."""
@@ -355,7 +361,7 @@ def owned_paths(work_dir: str | os.PathLike) -> list[Path]:
     return [wd / "plan.json", wd / "staging.zarr", wd / "manifests", wd / "pairs", wd / "lut.zarr",
             wd / "lut.zarr.incomplete", wd / "resolve.json", wd / "stats", wd / "output.partial.zarr",
             wd / "output-id.json", wd / "report.partial", wd / "input.zarr", wd / "flows.zarr",
-            wd / "flows-scratch"]
+            wd / "flows-scratch", wd / "flows-ends"]
 
 
 #: the big stores pystitch writes into a store directory

@@ -3,9 +3,11 @@
 A task of a batch step (segment-block, face-pairs, apply-lut) handles its
 blocks one after the other, so its memory follows the size of ONE block with
 its halo, never the image or the batch: ``base + bytes_per_voxel x voxels``.
-Its time follows the voxels of the whole batch.  The flows rule's two steps
-(predict-flows, follow-flows) are one task per image: their memory and time
-follow the image's voxels (:func:`flows_estimate`).  A workflow engine asks for
+Its time follows the voxels of the whole batch.  The flows rule's predict-flows
+batches and its follow-flows (one task per image) are bounded by the image's
+voxels (:func:`flows_estimate`); its trajectories, ``follow-flows --blocks``
+(``follow-blocks`` here), follow one block's window again
+(:func:`follow_blocks_estimate`).  A workflow engine asks for
 this much per task (the Nextflow pipeline does, on every executor), so that a
 cluster can pack many small tasks instead of reserving a flat 16 GB each.
 
@@ -61,6 +63,14 @@ FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2
 FLOWS_SECONDS_PER_VOXEL = {"predict-flows": CELLPOSE_SECONDS_PER_VOXEL, "follow-flows": 5e-6}
 
 
+#: follow-flows --blocks: bytes held per voxel of one block's window (core + halo), counted from what it
+#: holds (pystitch.flows.follow): in 3-D the flows read (float16, then float32) and the step field built
+#: from them (47 bytes), and per foreground voxel of the core its start, position, reach and end point
+#: (about 100 bytes); a block with more foreground than that or trajectories followed again in a window
+#: twice as wide is retried with twice the memory
+FOLLOW_BLOCK_BYTES_PER_VOXEL = 150.0
+
+
 def block_voxels(plan: Plan) -> int:
     """Voxels of the largest block with its halo (what one task holds at once)."""
     return math.prod(min(n, b + 2 * h) for n, b, h in zip(plan.shape, plan.block_shape, plan.halo))
@@ -106,12 +116,27 @@ def flows_estimate(plan: Plan, step: str) -> dict:
     }
 
 
+def follow_blocks_estimate(plan: Plan, blocks: int) -> dict:
+    """``{"memory_mb", "minutes", "cpus"}`` of one ``follow-flows --blocks``
+    task of ``blocks`` blocks: one block's window at a time."""
+    memory = (CELLPOSE_BASE_BYTES + FOLLOW_BLOCK_BYTES_PER_VOXEL * block_voxels(plan)) * MEMORY_MARGIN
+    seconds = FLOWS_SECONDS_PER_VOXEL["follow-flows"] * math.prod(plan.block_shape) * max(1, int(blocks))
+    return {
+        "memory_mb": max(MIN_MB, int(math.ceil(memory / MIB / 64) * 64)),
+        "minutes": int(max(MIN_MINUTES, math.ceil(seconds * TIME_FACTOR / 60))),
+        "cpus": 1,
+    }
+
+
 def resources(plan: Plan | str | os.PathLike, blocks_per_task: int) -> dict:
     """The estimate of every batch step for tasks of ``blocks_per_task`` blocks
     (and of the flows rule's per-image steps for a plan of that rule)."""
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     blocks = min(int(blocks_per_task), max(1, len(plan.work_blocks())))
-    flows = {step: flows_estimate(plan, step) for step in FLOWS_BYTES_PER_VOXEL} if plan.rule == "flows" else {}
+    flows = {}
+    if plan.rule == "flows":
+        flows = {**{step: flows_estimate(plan, step) for step in FLOWS_BYTES_PER_VOXEL},
+                 "follow-blocks": follow_blocks_estimate(plan, blocks)}
     return {"block_voxels": block_voxels(plan), "blocks_per_task": blocks,
             **{step: estimate(plan, step, blocks) for step in STEPS}, **flows}
 

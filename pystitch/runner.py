@@ -749,8 +749,8 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
                 scheduler.close_pool()
                 scheduler.devices = None
                 scheduler.resize(n_workers)
-            if not finished:
-                _flows_stages(plan, runtime, timings)  # what they measured goes into the lut, for finalize
+            if not finished:  # what the stages measured goes into the lut, for finalize
+                _flows_stages(plan, runtime, timings, scheduler, batch_size)
                 all_blocks = list(range(plan.n_blocks))
                 log.info("stage apply-lut")
                 t = time.perf_counter()
@@ -802,9 +802,20 @@ def _run_local(image: Any, output: Any, *, block_shape: Any, halo: Any, backend:
     return summary
 
 
-def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float]) -> dict:
-    """The flows rule's predict and dynamics stages, in this process (see :mod:`pystitch.steps.flows_rule`)."""
-    from .steps.flows_rule import already_followed, labels_from_flows, predict_flows, summary_path  # cellpose only
+def _follow_task(args: tuple) -> dict:
+    plan_path, ids = args
+    from .steps.flows_rule import follow_step  # cellpose only
+
+    return follow_step(plan_path, ids)
+
+
+def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float], scheduler: Scheduler,
+                  batch_size: int) -> dict:
+    """The flows rule's stages (see :mod:`pystitch.steps.flows_rule`): predict
+    in this process (the network, on its device), the trajectories in the
+    workers' batches when there are workers, then seeds, filters and the lut
+    in this process."""
+    from .steps.flows_rule import already_followed, labels_from_flows, model_niter, predict_flows, summary_path
 
     done = already_followed(plan)
     if done is not None:  # killed while writing the output: apply-lut goes on with the same lut
@@ -816,9 +827,17 @@ def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float]) -> dict:
         t = time.perf_counter()
         store = predict_flows(plan, backend.segmenter)
         timings["predict"] = time.perf_counter() - t
-        log.info("stage dynamics (flows rule): trajectories, seeds and filters over the whole image")
+        if scheduler.workers > 1:
+            log.info("stage follow (flows rule): the trajectories of every block, %d worker(s)", scheduler.workers)
+            t = time.perf_counter()
+            groups = batches(list(range(plan.n_blocks)), batch_size)
+            for _ in scheduler.map(_follow_task, [(str(plan.plan_path), g) for g in groups], desc="follow",
+                                   sizes=[len(g) for g in groups]):
+                pass
+            timings["follow"] = time.perf_counter() - t
+        log.info("stage dynamics (flows rule): seeds and filters over the whole image")
         t = time.perf_counter()
-        info = labels_from_flows(plan, store, backend.segmenter)
+        info = labels_from_flows(plan, store, store.niter or model_niter(plan, backend.segmenter))
         timings["dynamics"] = time.perf_counter() - t
     finally:
         backend.close()

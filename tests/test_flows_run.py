@@ -99,13 +99,16 @@ def test_flows_rule_equals_cellpose_on_the_whole_image(model, tmp_path, shape, b
 
 def test_two_block_shapes_give_the_same_labels(model, tmp_path) -> None:
     """The network's tiles follow the whole image, not the blocks: no blending
-    difference at all between block shapes (bit-identical flows, equal labels)."""
+    difference at all between block shapes (bit-identical flows, equal labels);
+    nor between one process and the trajectories followed by two workers
+    (which take the dynamics' steps from the flow store, never the model)."""
     path = save(tmp_path / "img.zarr", image((150, 170), seed=7))
     run_flows(path, tmp_path / "a.zarr", model, block_shape=(64, 64))
-    run_flows(path, tmp_path / "b.zarr", model, block_shape=(48, 100))
+    summary = run_flows(path, tmp_path / "b.zarr", model, block_shape=(48, 100), workers=2)
     a, b = load(tmp_path / "a.zarr"), load(tmp_path / "b.zarr")
     assert a.max() >= 10
     assert np.array_equal(a, b)
+    assert summary["workers"] == 2 and "follow" in summary["timings_seconds"]
 
 
 def test_flows_rule_with_another_backend_is_refused_at_plan_time(tmp_path) -> None:
@@ -124,9 +127,10 @@ def flows_cli(model, *extra):
             "--rule", "flows", *extra]
 
 
-def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys) -> None:
-    """plan-blocks, predict-flows, follow-flows, apply-lut and finalize (what the
-    pipeline runs as tasks) give the labels of ``pystitch run --rule flows``; a
+def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys, monkeypatch) -> None:
+    """plan-blocks, predict-flows, follow-flows --blocks, follow-flows, apply-lut
+    and finalize (what the pipeline runs as tasks) give the labels of
+    ``pystitch run --rule flows``; a
     rerun of follow-flows after apply-lut reuses its lut and keeps the output
     apply-lut wrote (it never recreates it empty)."""
     from pystitch.cli import main
@@ -143,10 +147,27 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys)
     assert 0 < predicted["peak_tiles_held"] <= predicted["tiles"] and predicted["batches"] > 0
     assert main(["follow-flows", plan]) == 1  # refused: the flow store is not complete
     assert not (tmp_path / "work" / "lut.zarr").exists()
+    assert main(["follow-flows", plan, "--blocks", "0-3"]) == 1  # nor its trajectories
     assert main(["predict-flows", plan, "--blocks", "5-8", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    # the dynamics take the steps predict recorded in the complete store: the network is never loaded again
+    from pystitch.plan import Plan
+
+    monkeypatch.setattr(Plan, "make_backend", lambda self: pytest.fail("the dynamics loaded the model"))
+    # the trajectories of two batches as two tasks; the blocks of the second follow-flows does itself
+    assert main(["follow-flows", plan, "--blocks", "0-3"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["blocks"] == first["followed"] == 4 and first["kept"] == 0 and first["foreground_voxels"] > 0
+    assert main(["follow-flows", plan, "--blocks", "2-5"]) == 0  # a rerun keeps what is there
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["followed"], again["kept"]) == (2, 2)
+    assert len(list((tmp_path / "work" / "flows-ends").glob("follow-*.npz"))) == 6
     assert main(["follow-flows", plan]) == 0
     resolved = json.loads((tmp_path / "work" / "resolve.json").read_text())
+    assert resolved["flows"]["foreground_voxels"] > first["foreground_voxels"]
     assert not (tmp_path / "work" / "flows-scratch").exists()  # the dynamics' scratch files are gone
+    assert not (tmp_path / "work" / "flows-ends").exists()  # and the end points it consumed
+    monkeypatch.undo()
     assert main(["apply-lut", plan, "--blocks", "all"]) == 0
     assert main(["follow-flows", plan]) == 0  # rerun: nothing to do
     assert main(["finalize", plan, "--nopictures"]) == 0
@@ -306,7 +327,8 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
                 "-with-trace", launch / "trace.txt", parser="v2"))
     rows = trace_rows(launch / "trace.txt")
     counts = {s: sum(step(r) == s for r in rows) for s in {step(r) for r in rows}}
-    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 3, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3, "FINALIZE": 1}
+    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 3, "FOLLOW_BLOCKS": 3, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3,
+                      "FINALIZE": 1}
 
     reference_run(path, tmp_path / "run.zarr", *[str(a).replace("_", "-") if str(a).startswith("--") else a
                                                  for a in settings])

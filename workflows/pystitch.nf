@@ -8,10 +8,12 @@
  *                └─ batches + lut.zarr ─► APPLY_LUT ─► (per image) FINALIZE
  *
  * With --rule flows (Cellpose's dynamics followed across blocks: no seams, no
- * matching) a batch step (the network) and a per-image step (the dynamics)
- * take the place of segment, face-pairs and resolve, and write the same lut.zarr:
+ * matching) two batch steps (the network; the trajectories) and a per-image
+ * step (seeds, filters) take the place of segment, face-pairs and resolve, and
+ * write the same lut.zarr:
  *
  *   PLAN_BLOCKS ─ batches ─► PREDICT_FLOWS (the network; the only GPU task)
+ *               ─ batches ─► FOLLOW_BLOCKS (end points of each block's trajectories)
  *               ─► (per image) FOLLOW_FLOWS ─► lut.zarr ─► APPLY_LUT (every block) ─► FINALIZE
  *
  * One task handles a batch of `blocks_per_task` blocks (listed by `pystitch
@@ -38,6 +40,7 @@ include { GATHER_MANIFESTS } from '../modules/local/gather_manifests'
 include { FACE_PAIRS       } from '../modules/local/face_pairs'
 include { RESOLVE          } from '../modules/local/resolve'
 include { PREDICT_FLOWS    } from '../modules/local/predict_flows'
+include { FOLLOW_BLOCKS    } from '../modules/local/follow_blocks'
 include { FOLLOW_FLOWS     } from '../modules/local/follow_flows'
 include { APPLY_LUT        } from '../modules/local/apply_lut'
 include { FINALIZE         } from '../modules/local/finalize'
@@ -102,17 +105,24 @@ workflow PYSTITCH {
 
     if (params.rule == 'flows') {
         //
-        // The flows rule: the network over each batch of blocks, then Cellpose's dynamics over each image
+        // The flows rule: the network over each batch of blocks; when an image's flow store is complete, the
+        // trajectories of each batch; then seeds and Cellpose's filters over each image
         //
         PREDICT_FLOWS(
             ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['predict-flows'] ] }
         )
 
+        FOLLOW_BLOCKS(
+            ch_batches
+                .combine(gatherPerImage(PREDICT_FLOWS.out.json, ch_counts), by: 0)
+                .map { meta, plan, _image, spec, estimates, predicted -> [ meta, plan, predicted, spec, estimates['follow-blocks'] ] }
+        )
+
         FOLLOW_FLOWS(
             ch_plan
-                .join(gatherPerImage(PREDICT_FLOWS.out.json, ch_counts))
+                .join(gatherPerImage(FOLLOW_BLOCKS.out.json, ch_counts))
                 .join(ch_estimates)
-                .map { meta, plan, predicted, estimates -> [ meta, plan, predicted, estimates['follow-flows'] ] }
+                .map { meta, plan, followed, estimates -> [ meta, plan, followed, estimates['follow-flows'] ] }
         )
         ch_lut      = FOLLOW_FLOWS.out.lut
         ch_resolved = FOLLOW_FLOWS.out.json

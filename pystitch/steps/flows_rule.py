@@ -19,10 +19,14 @@ Cellpose computes on the whole image, block by block:
 ``pystitch run`` runs both stages in its own process; a workflow runs
 :func:`predict_step` (``predict-flows --blocks``, the network: the only step
 that wants a GPU) in batches of blocks writing the one flow store plan-blocks
-created, then :func:`follow_step` (``follow-flows``, on the CPU) once, then
-apply-lut and finalize as for any rule.  A rerun of either reuses what
-is complete: predict a complete flow store of the plan, follow the lut and
-partial output it made (never recreating an output apply-lut has written);
+created, then :func:`follow_step` on the CPU: ``follow-flows --blocks`` in
+batches (the trajectories: each block's end points into the work directory,
+``flows-ends``, :class:`pystitch.flows.blockwise.EndPointFiles`), then
+``follow-flows`` once (seeds, filters, lut; a block no task followed is
+followed there), then apply-lut and finalize as for any rule.  A rerun of
+either reuses what is complete: predict a complete flow store of the plan,
+follow the lut and partial output it made (never recreating an output
+apply-lut has written) and the end points of blocks already followed;
 predict killed halfway goes on with the blocks its flow store has not marked
 written (:meth:`pystitch.storage.flowstore.FlowStore.blocks_done`).
 
@@ -35,8 +39,8 @@ when planes are many tiles wide, up to the whole image when a forward batch
 spans whole planes (small images); the dynamics hold what ``masks_blockwise`` holds (the
 histogram pieces, seeds and per-object statistics; the end point of every
 foreground voxel and the int64 seed labels of the image wait in files of the
-work directory, ``flows-scratch``, memory-mapped), never the flows of the
-whole image.
+work directory, ``flows-ends`` and ``flows-scratch``, memory-mapped), never
+the flows of the whole image.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import LabelOverflowError, StagingError
-from ..flows.blockwise import masks_blockwise
+from ..flows.blockwise import EndPointFiles, block_grid, follow_blocks, masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
 from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
 from ..grid import parse_block_ids
@@ -120,20 +124,36 @@ def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None
     finally:
         source.close()
     if blocks is None or store.blocks_done() >= set(range(plan.n_blocks)):
-        store.mark_complete()
+        store.mark_complete(niter=model_niter(plan, segmenter))
     log.info("predicted flows of %d blocks (%d tiles in %d batches; at most %d tile outputs, %.1f MiB, held) -> %s",
              len(todo), report.tiles, report.batches, report.peak_tiles, report.peak_bytes / 2**20,
              plan.flows_uri)
     return store
 
 
-def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | os.PathLike | None = None) -> dict:
-    """Cellpose's dynamics on the flow store, block by block; writes the staging
-    labels, the lut (at ``out``, default the plan's) and the partial output
-    that apply-lut and finalize take.  Returns what the dynamics measured
-    (for the summary)."""
+def model_niter(plan: Plan, segmenter: Any) -> int:
+    """The dynamics steps ``CellposeModel.eval`` takes with this plan's model and settings."""
+    return niter_for(segmenter.major, segmenter.model_facts().rescale, niter=plan.flows_settings()["niter"])
+
+
+def store_niter(plan: Plan, store: FlowStore) -> int:
+    """The dynamics steps, as predict recorded them in the complete flow store;
+    from the model itself (loaded on the CPU) for a store that lacks them."""
+    if store.niter is not None:
+        return store.niter
+    backend = plan.make_backend().open(None, device="cpu")
+    try:
+        return model_niter(plan, backend.segmenter)
+    finally:
+        backend.close()
+
+
+def labels_from_flows(plan: Plan, store: FlowStore, niter: int, out: str | os.PathLike | None = None) -> dict:
+    """Cellpose's dynamics (``niter`` steps) on the flow store, block by block;
+    writes the staging labels, the lut (at ``out``, default the plan's) and
+    the partial output that apply-lut and finalize take.  Returns what the
+    dynamics measured (for the summary)."""
     s = plan.flows_settings()
-    niter = niter_for(segmenter.major, segmenter.model_facts().rescale, niter=s["niter"])
     staging = Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
     block_of = {_bounds(plan, b)[0]: b for b in range(plan.n_blocks)}
     ids: dict[int, np.ndarray] = {}
@@ -149,7 +169,10 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
         ids[b] = present.astype(np.uint64)
 
     # the seed labels (8 bytes per voxel) and the end points (8 bytes per foreground voxel) wait in files:
-    # pages the kernel can write out and drop, not the process's own memory; ours alone, so recreated on a rerun
+    # pages the kernel can write out and drop, not the process's own memory. The end points of blocks that
+    # follow-flows --blocks tasks (or a killed run) left are taken; the seed labels are ours alone, recreated
+    ends = EndPointFiles(plan.flows_ends, plan.hash)
+    plan.flows_ends.mkdir(parents=True, exist_ok=True)
     scratch = plan.flows_scratch
     remove_path(scratch)
     scratch.mkdir(parents=True)
@@ -160,7 +183,7 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
             store.dP, store.cellprob, plan.block_shape, installed_dynamics(), halo=plan.halo, niter=niter,
             cellprob_threshold=s["cellprob_threshold"], flow_threshold=s["flow_threshold"], min_size=s["min_size"],
             max_size_fraction=s["max_size_fraction"], do_3D=s["do_3D"], sink=sink, staged=staged,
-            ends_dir=scratch)
+            ends=ends)
     finally:
         del staged
         remove_path(scratch)
@@ -187,6 +210,7 @@ def labels_from_flows(plan: Plan, store: FlowStore, segmenter: Any, out: str | o
               extra={"voxels": voxels})
     atomic_write_json(plan.output_id_path, {"plan_hash": plan.hash, "output_id": uuid.uuid4().hex,
                                             "lut_inputs": inputs})
+    remove_path(plan.flows_ends)  # consumed: the lut is written
     log.info("flows: %d objects from %d seeds (%d trajectories followed again in a larger window)",
              n_final, report.n_seeds, report.n_escaped)
     return info
@@ -230,19 +254,40 @@ def predict_step(plan: Plan | str | os.PathLike, blocks: Any = "all", *, device:
             "peak_tile_bytes": report.peak_bytes, "seconds": round(time.perf_counter() - t0, 4)}
 
 
-def follow_step(plan: Plan | str | os.PathLike, *, out: str | os.PathLike | None = None) -> dict:
+def follow_step(plan: Plan | str | os.PathLike, blocks: Any = None, *, out: str | os.PathLike | None = None) -> dict:
     """``follow-flows``: Cellpose's dynamics on the complete flow store of the
     plan: the staging labels, the lut (``out``, default the plan's) and the
     partial output, as resolve leaves them.  Returns the summary, also written
-    as ``resolve.json`` beside the lut."""
+    as ``resolve.json`` beside the lut.
+
+    With ``blocks`` (ids as the batch steps take them), only the trajectories
+    of those blocks: their end points into the work directory
+    (``flows-ends``), where the follow-flows of the whole plan takes them
+    instead of following those blocks itself.  Returns what it did.
+    """
     t0 = time.perf_counter()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     plan.require_flows_rule("follow-flows")
     uri = str(out) if out is not None else plan.lut_uri
-    done = already_followed(plan, uri)
+    ids = parse_block_ids(blocks, plan.n_blocks) if blocks is not None else None
+    done = already_followed(plan, uri if ids is None else None)
     if done is not None:
         log.info("the lut of this plan's flows exists (%s): nothing to do", uri)
-        return done
+        return done if ids is None else {"plan_hash": plan.hash, "blocks": len(ids), "followed": 0, "kept": 0,
+                                         "lut_exists": True, "seconds": round(time.perf_counter() - t0, 4)}
+    store = _complete_flow_store(plan)
+    niter = store_niter(plan, store)  # the dynamics run on the CPU, without the network
+    if ids is not None:
+        return {"plan_hash": plan.hash, "blocks": len(ids), **_follow_some(plan, store, niter, ids),
+                "seconds": round(time.perf_counter() - t0, 4)}
+    info = labels_from_flows(plan, store, niter, out=uri)
+    summary = {"plan_hash": plan.hash, "objects": info["objects"], "blocks": plan.n_blocks, "rule": "flows",
+               "flows": info, "seconds": round(time.perf_counter() - t0, 4)}
+    atomic_write_json(summary_path(plan, uri), summary)
+    return summary
+
+
+def _complete_flow_store(plan: Plan) -> FlowStore:
     if not exists(plan.flows_uri):
         raise StagingError(f"Expected the flow store of this plan at {plan.flows_uri}. Got nothing there: run "
                            "predict-flows on this plan first.")
@@ -250,15 +295,23 @@ def follow_step(plan: Plan | str | os.PathLike, *, out: str | os.PathLike | None
     if not store.complete:  # a partial result is never consumed
         raise StagingError(f"Expected a complete flow store at {plan.flows_uri}. Got one that predict-flows has not "
                            "finished (killed, or still running): run predict-flows on this plan first.")
-    backend = plan.make_backend().open(None, device="cpu")  # the dynamics run on the CPU
-    try:
-        info = labels_from_flows(plan, store, backend.segmenter, out=uri)
-    finally:
-        backend.close()
-    summary = {"plan_hash": plan.hash, "objects": info["objects"], "blocks": plan.n_blocks, "rule": "flows",
-               "flows": info, "seconds": round(time.perf_counter() - t0, 4)}
-    atomic_write_json(summary_path(plan, uri), summary)
-    return summary
+    return store
+
+
+def _follow_some(plan: Plan, store: FlowStore, niter: int, ids: Sequence[int]) -> dict:
+    """The trajectories (``niter`` steps) of blocks ``ids``: their end points into the plan's ``flows-ends``."""
+    s = plan.flows_settings()
+    grid = [_bounds(plan, b) for b in range(plan.n_blocks)]
+    if block_grid(plan.shape, plan.block_shape) != grid:  # masks_blockwise cuts the same cores
+        raise AssertionError("the plan's cores are not the regular grid of its block shape")
+    plan.flows_ends.mkdir(parents=True, exist_ok=True)
+    done = follow_blocks(store.dP, store.cellprob, ids, grid, EndPointFiles(plan.flows_ends, plan.hash),
+                         installed_dynamics(), halo=plan.halo, niter=niter,
+                         cellprob_threshold=s["cellprob_threshold"])
+    log.info("followed the trajectories of %d blocks (%d kept from an earlier follow) -> %s", done["followed"],
+             done["kept"], plan.flows_ends)
+    return {"followed": done["followed"], "kept": done["kept"], "foreground_voxels": done["foreground"],
+            "escaped_trajectories": done["escaped"], "reach": done["reach"], "niter": niter}
 
 
 def summary_path(plan: Plan, lut_uri: str) -> Path:

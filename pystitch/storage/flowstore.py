@@ -5,7 +5,8 @@ directory: the work directory, or an ``s3://`` URL) with two float32 arrays
 chunked like the blocks: ``dP`` (ndim, *shape; flows per axis) and
 ``cellprob`` (*shape).  Its attributes name the plan it belongs to
 (``plan_hash``, checked on every open like the other staging stores) and say
-when every block was written (``complete``, set last).  Each block written is
+when every block was written (``complete``, set last, with ``niter``: the
+dynamics steps of the model, so that the dynamics need not load it).  Each block written is
 marked by an empty object ``blocks-done/<block>`` (written after its chunks):
 a predict killed halfway is resumed from the blocks not marked.
 """
@@ -65,8 +66,16 @@ class FlowStore:
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete"))
 
-    def mark_complete(self) -> None:
-        self.group.attrs["complete"] = True
+    def mark_complete(self, **facts: int) -> None:
+        """Say every block is written, with what the network's side knows that
+        the dynamics need (``niter``: set together with ``complete``)."""
+        self.group.attrs.update({**{k: int(v) for k, v in facts.items()}, "complete": True})
+
+    @property
+    def niter(self) -> int | None:
+        """The dynamics steps of the model that predicted (set when complete; None in older stores)."""
+        value = self.group.attrs.get("niter")
+        return None if value is None else int(value)
 
     def write(self, core: tuple[slice, ...], dP: np.ndarray, cellprob: np.ndarray, block: int | None = None) -> None:
         """Write a block's core; then, given its number, mark it written."""

@@ -1,9 +1,11 @@
 // follow-flows (the flows rule): Cellpose's dynamics on the complete flow store
-// of one plan -- trajectories, seeds found in the histogram of end points of
-// the whole image, Cellpose's mask filters on whole objects -- into the
-// staging labels, lut.zarr (as resolve writes it, so apply-lut and finalize
-// work as for any rule) and resolve.json; also creates the (partial) output
-// array. On the CPU; an incomplete flow store is refused.
+// of one plan -- the end points the FOLLOW_BLOCKS tasks left (a block without
+// them is followed here), seeds found in the histogram of end points of the
+// whole image, Cellpose's mask filters on whole objects -- into the staging
+// labels, lut.zarr (as resolve writes it, so apply-lut and finalize work as
+// for any rule) and resolve.json; also creates the (partial) output array and
+// removes the end points it consumed. On the CPU; an incomplete flow store is
+// refused.
 process FOLLOW_FLOWS {
     tag "${meta.id}"
     // what `python -m pystitch.resources` estimated from the plan for this step (one task per image)
@@ -14,7 +16,7 @@ process FOLLOW_FLOWS {
     container "${params.container_gpu}"
 
     input:
-    tuple val(meta), path(plan), path(predicted), val(estimate)
+    tuple val(meta), path(plan), path(followed), val(estimate)
 
     output:
     tuple val(meta), path("lut.zarr")                                               , emit: lut
