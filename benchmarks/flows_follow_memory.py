@@ -8,7 +8,11 @@ This script measures, side by side in one run, the two ways to keep them:
 * ``memory``: numpy arrays in the process (``masks_blockwise``'s default);
 * ``files``: what follow-flows does, the seed labels in a memory-mapped
   ``.npy`` and each block's end points in ``ends-<block>.npy``
-  (``staged=``, ``ends_dir=``).
+  (``staged=``, ``ends=``);
+* ``follow-task`` then ``after-tasks``: what the pipeline runs, the
+  trajectories of every block as a ``follow-flows --blocks`` task
+  (:func:`pystitch.flows.blockwise.follow_blocks`; one block's window at a
+  time), then follow-flows taking their end points (seeds, filters, labels).
 
 The flows are synthetic (no network): touching balls, every voxel's flow a
 unit vector towards its ball's centre (x5), cell probability +3 inside and -3
@@ -19,7 +23,7 @@ memory, what no kernel can drop) and peak ``VmRSS`` (also the file pages it
 has mapped, which the kernel writes out and drops under pressure).  Both
 variants must give the same labels (a hash of the sink's output).
 
-    python benchmarks/flows_follow_memory.py [--shape 128,256,256] [--block 64] [--radius 8]
+    python benchmarks/flows_follow_memory.py [--shape 128,256,256] [--block 64] [--radius 8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import hashlib, json, os, tempfile, threading, time
 import numpy as np, zarr
-from pystitch.flows.blockwise import masks_blockwise
+from pystitch.flows.blockwise import EndPointFiles, block_grid, follow_blocks, masks_blockwise
 from pystitch.flows.dynamics import installed_dynamics
 
 peaks = {{"RssAnon": 0, "VmRSS": 0}}
@@ -62,19 +66,25 @@ def sink(lo, hi, labels):
     digest.update(np.asarray(lo, np.int64).tobytes() + np.ascontiguousarray(labels, np.uint32).tobytes())
 extra = {{}}
 scratch = tempfile.mkdtemp(dir={scratch!r})
-if variant == "files":
+if variant in ("files", "after-tasks"):
     extra = dict(staged=np.lib.format.open_memmap(os.path.join(scratch, "seedlabels.npy"), mode="w+",
-                                                  dtype=np.int64, shape=shape), ends_dir=scratch)
+                                                  dtype=np.int64, shape=shape),
+                 ends=scratch if variant == "files" else EndPointFiles({ends!r}, "bench"))
 thread = threading.Thread(target=sample, daemon=True)
 thread.start()
 t = time.perf_counter()
-_, report, _ = masks_blockwise(dP, cellprob, block, installed_dynamics(), halo=(16,) * len(shape), sink=sink,
-                               do_3D=len(shape) == 3, **extra)
+if variant == "follow-task":
+    done = follow_blocks(dP, cellprob, range(len(block_grid(shape, block))), block_grid(shape, block),
+                         EndPointFiles({ends!r}, "bench"), installed_dynamics(), halo=(16,) * len(shape))
+    objects, foreground, sha = None, done["foreground"], None
+else:
+    _, report, _ = masks_blockwise(dP, cellprob, block, installed_dynamics(), halo=(16,) * len(shape), sink=sink,
+                                   do_3D=len(shape) == 3, **extra)
+    objects, foreground, sha = int(report.n_objects), int(report.n_foreground), digest.hexdigest()
 seconds = time.perf_counter() - t
 stop.set(); thread.join()
 print(json.dumps(dict(variant=variant, seconds=round(seconds, 2), peak_rss_anon=peaks["RssAnon"],
-                      peak_vm_rss=peaks["VmRSS"], objects=int(report.n_objects),
-                      foreground=int(report.n_foreground), labels_sha256=digest.hexdigest())))
+                      peak_vm_rss=peaks["VmRSS"], objects=objects, foreground=foreground, labels_sha256=sha)))
 """
 
 
@@ -116,13 +126,15 @@ def main() -> None:
         group.create_array("dP", data=dP, chunks=(len(shape), *block))
         group.create_array("cellprob", data=cellprob, chunks=block)
         del dP, cellprob
-        for variant in ("memory", "files"):
-            code = CHILD.format(store=f"{tmp}/flows.zarr", block=block, variant=variant, scratch=tmp)
+        Path(f"{tmp}/ends").mkdir()
+        for variant in ("memory", "files", "follow-task", "after-tasks"):
+            code = CHILD.format(store=f"{tmp}/flows.zarr", block=block, variant=variant, scratch=tmp,
+                                ends=f"{tmp}/ends")
             out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]))
-    if rows[0]["labels_sha256"] != rows[1]["labels_sha256"]:
-        raise SystemExit("the two variants gave different labels")
+    if len({r["labels_sha256"] for r in rows if r["labels_sha256"]}) != 1:
+        raise SystemExit("the variants gave different labels")
     result = {"date": str(dt.date.today()), "machine": f"{platform.processor() or platform.machine()}, "
               f"{len(__import__('os').sched_getaffinity(0))} cores", "shape": list(shape), "block": list(block),
               "radius": a.radius, "rows": rows}

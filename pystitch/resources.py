@@ -63,12 +63,11 @@ FLOWS_BYTES_PER_VOXEL = {"predict-flows": {2: 16.0, 3: 48.0}, "follow-flows": {2
 FLOWS_SECONDS_PER_VOXEL = {"predict-flows": CELLPOSE_SECONDS_PER_VOXEL, "follow-flows": 5e-6}
 
 
-#: follow-flows --blocks: bytes held per voxel of one block's window (core + halo), counted from what it
-#: holds (pystitch.flows.follow): in 3-D the flows read (float16, then float32) and the step field built
-#: from them (47 bytes), and per foreground voxel of the core its start, position, reach and end point
-#: (about 100 bytes); a block with more foreground than that or trajectories followed again in a window
-#: twice as wide is retried with twice the memory
-FOLLOW_BLOCK_BYTES_PER_VOXEL = 150.0
+#: follow-flows --blocks: bytes held per voxel of one block's window (core + halo), measured
+#: (benchmarks/results/flows-follow-memory-2026-12-03.md): 115 at 38 % foreground above a 57 MB process,
+#: about 47 for the flows and step field of the window and 350 per foreground voxel of the core; scaled
+#: to a block all foreground (51 % of a 160^3 window), 225
+FOLLOW_BLOCK_BYTES_PER_VOXEL = 230.0
 
 
 def block_voxels(plan: Plan) -> int:
