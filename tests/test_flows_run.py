@@ -127,7 +127,7 @@ def flows_cli(model, *extra):
             "--rule", "flows", *extra]
 
 
-def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys, monkeypatch) -> None:
+def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys, caplog, monkeypatch) -> None:
     """plan-blocks, predict-flows, follow-flows --blocks, follow-flows, apply-lut
     and finalize (what the pipeline runs as tasks) give the labels of
     ``pystitch run --rule flows``; a
@@ -149,12 +149,22 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys,
     assert not (tmp_path / "work" / "lut.zarr").exists()
     assert main(["follow-flows", plan, "--blocks", "0-3"]) == 1  # nor its trajectories
     assert main(["predict-flows", plan, "--blocks", "5-8", "--device", "cpu"]) == 0
+    import zarr
+
+    flows = zarr.open_group(str(tmp_path / "work" / "flows.zarr"), mode="r+")
+    niter = flows.attrs["niter"]  # recorded with complete, by the task that completed the store
+    assert flows.attrs["complete"] and niter > 0
+    flows.attrs.put({k: v for k, v in flows.attrs.asdict().items() if k != "niter"})  # a store of an older version
+    assert main(["predict-flows", plan, "--blocks", "0", "--device", "cpu"]) == 0  # complete: records it only
+    assert zarr.open_group(str(tmp_path / "work" / "flows.zarr"), mode="r").attrs["niter"] == niter
     capsys.readouterr()
     # the dynamics take the steps predict recorded in the complete store: the network is never loaded again
     from pystitch.plan import Plan
 
     monkeypatch.setattr(Plan, "make_backend", lambda self: pytest.fail("the dynamics loaded the model"))
     # the trajectories of two batches as two tasks; the blocks of the second follow-flows does itself
+    assert main(["follow-flows", plan, "--blocks", "0-3", "--out", str(tmp_path / "lut.zarr")]) == 1  # no lut
+    assert "Expected --out without --blocks" in caplog.text and not (tmp_path / "work" / "flows-ends").exists()
     assert main(["follow-flows", plan, "--blocks", "0-3"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["blocks"] == first["followed"] == 4 and first["kept"] == 0 and first["foreground_voxels"] > 0

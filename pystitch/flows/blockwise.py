@@ -122,9 +122,11 @@ class EndPointFiles:
             "n_foreground": np.int64(followed.ends.size), "n_escaped": np.int64(followed.n_escaped),
             "reach": np.asarray(followed.reach, np.int64), "halo": np.asarray(followed.halo, np.int64)})
 
-    def load(self, block: int, lo: Sequence[int], hi: Sequence[int]) -> tuple[FollowedBlock, tuple] | None:
-        """The block's follow (its ``ends`` left empty: see :meth:`ends`) and
-        histogram piece when its files are complete, else None."""
+    def load(self, block: int, lo: Sequence[int], hi: Sequence[int]
+             ) -> tuple[FollowedBlock, tuple[np.ndarray, np.ndarray], int] | None:
+        """The block's follow (its ``ends`` left empty: see :meth:`ends`),
+        histogram piece and number of end points when its files are
+        complete, else None."""
         path = self.piece_path(block)
         if not os.path.exists(path):
             return None

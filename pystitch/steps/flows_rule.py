@@ -16,7 +16,8 @@ Cellpose computes on the whole image, block by block:
    ``1..n`` with a lut of their final ids, so that apply-lut and finalize
    write a normal pystitch output (labels, pyramid, regions, summary).
 
-``pystitch run`` runs both stages in its own process; a workflow runs
+``pystitch run`` runs both stages in its own process (the trajectories in its
+worker processes when it has two or more); a workflow runs
 :func:`predict_step` (``predict-flows --blocks``, the network: the only step
 that wants a GPU) in batches of blocks writing the one flow store plan-blocks
 created, then :func:`follow_step` on the CPU: ``follow-flows --blocks`` in
@@ -30,7 +31,7 @@ apply-lut has written) and the end points of blocks already followed;
 predict killed halfway goes on with the blocks its flow store has not marked
 written (:meth:`pystitch.storage.flowstore.FlowStore.blocks_done`).
 
-Each stage runs in one process.  Memory: predict holds the network
+Each task runs in one process.  Memory: predict holds the network
 output of the tiles between the blocks blended and those to come (3 float32
 per network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the
 three orientations): a tile is dropped after the last block that reads it, so
@@ -58,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import LabelOverflowError, StagingError
+from ..errors import InputError, LabelOverflowError, StagingError
 from ..flows.blockwise import EndPointFiles, block_grid, follow_blocks, masks_blockwise
 from ..flows.dynamics import installed_dynamics, niter_for
 from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
@@ -100,6 +101,8 @@ def predict_flows(plan: Plan, segmenter: Any, report: StreamReport | None = None
         store = FlowStore.open(plan.flows_uri, plan.hash)
         if store.complete:
             log.info("the flow store %s of this plan is complete: predict skipped", plan.flows_uri)
+            if store.niter is None:  # completed before stores recorded it: the dynamics need not load the model
+                store.mark_complete(niter=model_niter(plan, segmenter))
             return store
         done = store.blocks_done()  # a predict of this plan killed halfway: the blocks it finished stay
         log.info("the flow store %s of this plan has %d of %d blocks: predicting the others", plan.flows_uri,
@@ -210,7 +213,11 @@ def labels_from_flows(plan: Plan, store: FlowStore, niter: int, out: str | os.Pa
               extra={"voxels": voxels})
     atomic_write_json(plan.output_id_path, {"plan_hash": plan.hash, "output_id": uuid.uuid4().hex,
                                             "lut_inputs": inputs})
-    remove_path(plan.flows_ends)  # consumed: the lut is written
+    try:
+        remove_path(plan.flows_ends)  # consumed: the lut is written
+    except OSError as exc:  # the lut stands; clean_work_dir removes them later
+        log.warning("could not remove the end points in %s (%s); they are removed with the work directory",
+                    plan.flows_ends, exc)
     log.info("flows: %d objects from %d seeds (%d trajectories followed again in a larger window)",
              n_final, report.n_seeds, report.n_escaped)
     return info
@@ -270,6 +277,9 @@ def follow_step(plan: Plan | str | os.PathLike, blocks: Any = None, *, out: str 
     plan.require_flows_rule("follow-flows")
     uri = str(out) if out is not None else plan.lut_uri
     ids = parse_block_ids(blocks, plan.n_blocks) if blocks is not None else None
+    if ids is not None and out is not None:
+        raise InputError(f"Expected --out without --blocks: follow-flows --blocks writes end points into "
+                         f"{plan.flows_ends}, no lut. Got --out {out} instead.")
     done = already_followed(plan, uri if ids is None else None)
     if done is not None:
         log.info("the lut of this plan's flows exists (%s): nothing to do", uri)
