@@ -276,7 +276,8 @@ def test_trajectories_followed_by_separate_tasks_give_cellpose_masks(tmp_path, s
 
 def test_end_points_of_another_plan_grid_or_flows_are_refused(tmp_path) -> None:
     """End points left by a follow are taken only for the plan, core and flows they were followed
-    for: another stamp or grid is refused, truncated files are corrupt, never used."""
+    for: another stamp or grid is refused, another source (flows predicted again) followed again,
+    truncated files are corrupt, never used."""
     from pystitch.errors import PlanMismatchError, StagingError
 
     shape, block, halo = (60, 80), (30, 40), (5, 5)
@@ -289,13 +290,22 @@ def test_end_points_of_another_plan_grid_or_flows_are_refused(tmp_path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(PlanMismatchError, match="with core .* Got those of core"):
         blockwise(dP, cellprob, (30, 20), halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
-    # flows other than those followed: the end points no longer fit the foreground
+    # flows predicted again since (another source): stale, followed again and replaced, never used
+    other = dP.copy()
+    other[:, :, : shape[1] // 2] *= -1  # trajectories of the left half end elsewhere, same foreground
+    out, _ = blockwise(other, cellprob, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a", "store-2"),
+                       **SETTINGS)
+    assert np.array_equal(out, cellpose_masks(other, cellprob, do_3D=False, **SETTINGS))
+    again = follow_blocks(other, cellprob, range(len(grid)), grid, EndPointFiles(tmp_path, "plan-a", "store-2"),
+                          DYN, **kw)
+    assert (again["followed"], again["kept"]) == (0, len(grid))  # rewritten for the new source
+    # flows other than those followed, same source: the end points no longer fit the foreground
     with pytest.raises(StagingError, match="end points of block .* one per foreground voxel"):
-        blockwise(dP, cellprob + 0.5, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
+        blockwise(dP, cellprob + 0.5, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a", "store-2"), **SETTINGS)
     ends = tmp_path / "ends-1.npy"
     ends.write_bytes(ends.read_bytes()[:-16])
     with pytest.raises(StagingError, match="block 1 .*(unreadable|corrupt)"):
-        blockwise(dP, cellprob, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a"), **SETTINGS)
+        blockwise(dP, cellprob, block, halo=halo, ends=EndPointFiles(tmp_path, "plan-a", "store-2"), **SETTINGS)
 
 
 def test_no_background_and_no_foreground() -> None:

@@ -96,13 +96,16 @@ class EndPointFiles:
     Per block ``b``: ``ends-<b>.npy`` (int64, the end point of every
     foreground voxel of the core; read back memory-mapped) and, written last,
     ``follow-<b>.npz`` (the block's core, its histogram piece, what the follow
-    measured and ``stamp``): a block whose npz is there is followed.  Files of
-    another stamp (another plan) or of another core are refused, never used.
+    measured, ``stamp`` and ``source``): a block whose npz is there is
+    followed.  Files of another stamp (another plan) or of another core are
+    refused, never used; files of another ``source`` (flows predicted again
+    since) are stale: the block is followed again and its files replaced.
     """
 
-    def __init__(self, directory: str | os.PathLike, stamp: str = "") -> None:
+    def __init__(self, directory: str | os.PathLike, stamp: str = "", source: str = "") -> None:
         self.directory = os.fspath(directory)
         self.stamp = str(stamp)
+        self.source = str(source)
 
     def ends_path(self, block: int) -> str:
         return os.path.join(self.directory, f"ends-{int(block)}.npy")
@@ -117,7 +120,7 @@ class EndPointFiles:
         atomic_write_bytes(self.ends_path(block), buf.getvalue())
         del buf
         atomic_write_npz(self.piece_path(block), {
-            "stamp": np.array(self.stamp), "lo": np.asarray(followed.lo, np.int64),
+            "stamp": np.array(self.stamp), "source": np.array(self.source), "lo": np.asarray(followed.lo, np.int64),
             "hi": np.asarray(followed.hi, np.int64), "positions": piece[0], "counts": piece[1],
             "n_foreground": np.int64(followed.ends.size), "n_escaped": np.int64(followed.n_escaped),
             "reach": np.asarray(followed.reach, np.int64), "halo": np.asarray(followed.halo, np.int64)})
@@ -136,6 +139,8 @@ class EndPointFiles:
             raise PlanMismatchError(f"Expected the end points of block {block} of plan {self.stamp} at {path}. "
                                     f"Got those of plan {d['stamp']} instead: remove {self.directory} or use the "
                                     "work directory of that plan.")
+        if str(d.get("source", "")) != self.source:
+            return None  # followed on flows predicted again since: stale, followed again
         lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
         if tuple(d["lo"].tolist()) != lo or tuple(d["hi"].tolist()) != hi:
             raise PlanMismatchError(f"Expected the end points of block {block} with core {lo}..{hi} at {path}. "

@@ -174,7 +174,7 @@ def labels_from_flows(plan: Plan, store: FlowStore, niter: int, out: str | os.Pa
     # the seed labels (8 bytes per voxel) and the end points (8 bytes per foreground voxel) wait in files:
     # pages the kernel can write out and drop, not the process's own memory. The end points of blocks that
     # follow-flows --blocks tasks (or a killed run) left are taken; the seed labels are ours alone, recreated
-    ends = EndPointFiles(plan.flows_ends, plan.hash)
+    ends = EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
     plan.flows_ends.mkdir(parents=True, exist_ok=True)
     scratch = plan.flows_scratch
     remove_path(scratch)
@@ -315,8 +315,8 @@ def _follow_some(plan: Plan, store: FlowStore, niter: int, ids: Sequence[int]) -
     if block_grid(plan.shape, plan.block_shape) != grid:  # masks_blockwise cuts the same cores
         raise AssertionError("the plan's cores are not the regular grid of its block shape")
     plan.flows_ends.mkdir(parents=True, exist_ok=True)
-    done = follow_blocks(store.dP, store.cellprob, ids, grid, EndPointFiles(plan.flows_ends, plan.hash),
-                         installed_dynamics(), halo=plan.halo, niter=niter,
+    files = EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
+    done = follow_blocks(store.dP, store.cellprob, ids, grid, files, installed_dynamics(), halo=plan.halo, niter=niter,
                          cellprob_threshold=s["cellprob_threshold"])
     log.info("followed the trajectories of %d blocks (%d kept from an earlier follow) -> %s", done["followed"],
              done["kept"], plan.flows_ends)

@@ -4,7 +4,8 @@ A zarr group beside the other big stores (``flows.zarr`` in the store
 directory: the work directory, or an ``s3://`` URL) with two float32 arrays
 chunked like the blocks: ``dP`` (ndim, *shape; flows per axis) and
 ``cellprob`` (*shape).  Its attributes name the plan it belongs to
-(``plan_hash``, checked on every open like the other staging stores) and say
+(``plan_hash``, checked on every open like the other staging stores), name
+the store itself (``store_id``, new with every store created) and say
 when every block was written (``complete``, set last, with ``niter``: the
 dynamics steps of the model, so that the dynamics need not load it).  Each block written is
 marked by an empty object ``blocks-done/<block>`` (written after its chunks):
@@ -13,6 +14,7 @@ a predict killed halfway is resumed from the blocks not marked.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,7 +45,8 @@ class FlowStore:
         remove_path(uri)
         shape = tuple(int(s) for s in shape)
         block = tuple(int(b) for b in block)
-        group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash, "complete": False},
+        group = zarr.open_group(store=uri, mode="w", attributes={"plan_hash": plan_hash, "complete": False,
+                                                                 "store_id": uuid.uuid4().hex},
                                 **zarr_kwargs(uri))
         for name, s, c in (("dP", (len(shape), *shape), (1, *block)), ("cellprob", shape, block)):
             group.create_array(name=name, shape=s, chunks=c, dtype=np.float32, fill_value=np.nan,
@@ -70,6 +73,12 @@ class FlowStore:
         """Say every block is written, with what the network's side knows that
         the dynamics need (``niter``: set together with ``complete``)."""
         self.group.attrs.update({**{k: int(v) for k, v in facts.items()}, "complete": True})
+
+    @property
+    def store_id(self) -> str:
+        """Set when the store is created: what was computed from its flows
+        names it (an empty string in older stores)."""
+        return str(self.group.attrs.get("store_id", ""))
 
     @property
     def niter(self) -> int | None:
