@@ -7,8 +7,8 @@ shows medians.  Per-step times come from each pystitch run's summary.
     python benchmarks/perf.py --sizes 256,512 --repeat 3 [--baseline /path/to/other/checkout]
         [--variant "label:VAR=value"] [--name perf-<date>-what]
 
-``--variant`` adds a run of this tree with an environment variable set
-(e.g. ``"cache 256:PYSTITCH_READ_CACHE_MB=256"``).  Writes
+``--variant`` adds a run of this tree with environment variables set
+(e.g. ``"cache 256:PYSTITCH_READ_CACHE_MB=256"``; several separated by spaces).  Writes
 ``benchmarks/results/perf-<date>.md`` and ``.json`` (``--name``: another stem).  Each pystitch
 output is compared byte for byte (labels and regions.csv) with the first
 pystitch run; every tool's labels are compared as a partition with scipy's.
@@ -40,29 +40,38 @@ THR = 500
 
 
 class TreePSS:
-    """Peak summed PSS of a process and its descendants (polled)."""
+    """Peak summed PSS of a process and its descendants, polled every
+    ``interval`` seconds from ``/proc/<pid>/smaps_rollup`` (a fast read: a
+    short transient peak of one worker is less likely to fall between two
+    polls than with psutil's full memory info, which takes tens of ms)."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
         import psutil
 
         self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pss:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
     def _poll(self) -> None:
         import psutil
 
         while not self._stop.is_set():
-            total = 0
             try:
                 procs = [self.proc] + self.proc.children(recursive=True)
             except psutil.Error:
                 procs = []
-            for p in procs:
-                try:
-                    total += p.memory_full_info().pss
-                except psutil.Error:
-                    pass
+            total = sum(self._pss(p.pid) for p in procs)
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
@@ -167,16 +176,16 @@ def main() -> None:
     ap.add_argument("--baseline", help="another pystitch checkout to run side by side (its kernels built)")
     ap.add_argument("--peers", default="patchworks,scipy whole image,I/O floor")
     ap.add_argument("--variant", action="append", default=[],
-                    help='"label:VAR=value": also run this tree with VAR=value in its environment')
+                    help='"label:VAR=value [VAR2=value2 ...]": also run this tree with these in its environment')
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--name", help="file name stem of the results (default perf-<date>)")
     args = ap.parse_args()
     args.load_at_start = os.getloadavg()
     trees: dict[str, tuple[str, dict]] = {"pystitch": (str(ROOT), {})}
     for variant in args.variant:
-        label, _, assignment = variant.partition(":")
-        var, _, value = assignment.partition("=")
-        trees[f"pystitch ({label})"] = (str(ROOT), {var: value})
+        label, _, assignments = variant.partition(":")
+        env = dict(a.partition("=")[::2] for a in assignments.split())
+        trees[f"pystitch ({label})"] = (str(ROOT), env)
     if args.baseline:
         trees["pystitch (baseline)"] = (str(Path(args.baseline).resolve()), {})
     peers = [p for p in args.peers.split(",") if p]
@@ -253,7 +262,7 @@ def write(rows: list[dict], out: Path, args) -> None:
              f"{info['load_average'][0]:.1f} at the end), "
              f"medians of {args.repeat} interleaved runs. Threshold + connected components, full connectivity, "
              "blocks 128^3 (512^2 in 2-D), halo 8, 2 workers, zstd zarr input, zarr output. "
-             "Peak PSS summed over the process tree (polled every 0.1 s).", "",
+             "Peak PSS summed over the process tree (polled every 0.02 s).", "",
              "| image | tool | median s | runs s | x I/O floor | peak PSS MiB | same partition as scipy | "
              "byte-identical output |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
