@@ -36,7 +36,7 @@ from ..errors import StagingError
 from ..grid import SIDES, BlockGrid, Region, SlabKey
 from .files import check_plan_hash
 from .remote import zarr_kwargs
-from .zarrs import create_group_array, read_concurrently, write_concurrently
+from .zarrs import create_group_array, dense, read_concurrently, write_concurrently
 
 STAGING_DTYPE = np.uint32
 #: local ids are stored as uint32: at most this many objects per block
@@ -75,15 +75,17 @@ class Staging:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StagingError(f"Staging store not found: {uri} (run plan-blocks first).") from exc
         check_plan_hash(self.group.attrs.get("plan_hash"), plan_hash, uri)
-        self.core = self.group["core"]
-        self._slabs = {(a, side): self.group[slab_name(a, side)] for a in grid.split_axes() for side in SIDES}
+        self.core = dense(self.group["core"])
+        self._slabs = {(a, side): dense(self.group[slab_name(a, side)])
+                       for a in grid.split_axes() for side in SIDES}
 
     def block_pieces(self, block: int, labels: np.ndarray, ext: Region) -> list[tuple[str, np.ndarray]]:
         """What a block stores, as ``(name, array)``: its core, then the face
         slabs it shares with existing neighbours, cut from its labels over the
         extended region ``ext``."""
         grid = self.grid
-        pieces = [("core", labels[grid.within(grid.core(block), ext)])]
+        # contiguous once: its CRC32 and its encoding would each copy a strided view
+        pieces = [("core", np.ascontiguousarray(labels[grid.within(grid.core(block), ext)]))]
         for axis in grid.split_axes():
             for side in SIDES:
                 if not grid.has_side(block, axis, side):

@@ -80,13 +80,23 @@ class WriteBehind:
             self._pool.shutdown(wait=True)
 
 
+def dense(arr: zarr.Array) -> zarr.Array:
+    """``arr`` for writing chunks that are known to hold labels: zarr stores
+    each chunk without first comparing it with the fill value (numpy's
+    ``array_equal`` over the whole chunk, which costs about twice the chunk's
+    encoding).  pystitch writes no block without objects, so the comparison
+    never skips a write; a chunk of zeros, if one is written, is stored as
+    such and reads back the same."""
+    return arr.with_config({"write_empty_chunks": True})
+
+
 def create_group_array(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
                        dtype: Any, attributes: dict | None = None, checksum: bool = False) -> zarr.Array:
     """A label array in ``group``; ``checksum`` adds a CRC32C of every encoded
     chunk, which zarr verifies when it reads the chunk (a flipped byte is an
     error, never other labels)."""
-    return group.create_array(
+    return dense(group.create_array(
         name=name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
         dtype=np.dtype(dtype), fill_value=0, overwrite=True,
         compressors=[LABEL_CODEC, Crc32cCodec()] if checksum else [LABEL_CODEC], attributes=attributes or {},
-    )
+    ))
