@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,84 @@ def test_seam_qc_separates_bad_from_good_stitch(tmp_path):
     assert not good["flagged"] and good["seam_breaks"] == 0
     assert bad["flagged"] and bad["seam_break_rate"] > 0.9
     assert bad["control_break_rate"] == good["control_break_rate"] == 0.0
+
+
+def test_seam_qc_takes_the_planes_apply_lut_kept_and_does_not_read_the_output(tmp_path):
+    """apply-lut keeps the planes the seam QC compares (compressed, in its
+    statistics files): they equal the output, and finalize's QC is the QC of
+    the output although the output's chunks are gone when it runs.  Another
+    --qc-faces reads what was not kept from the output."""
+    import shutil
+
+    from pystitch.report.qc import decode_plane, face_planes, sampled_faces, seam_qc
+    from pystitch.report.regions import read_block_stats
+    from pystitch.storage.labels import LabelOutput
+    from pystitch.storage.lut import Lut
+
+    image = blobs((24, 128, 128), seed=6, sigma=2.5, fraction=0.25)
+    path = save(tmp_path / "img.zarr", image)
+    out = tmp_path / "out.zarr"
+    plan = pystitch.plan_blocks(path, out, block_shape=(8, 32, 32), halo=1, backend_options={"threshold": 500})
+    ids = plan.work_blocks()
+    pystitch.segment_blocks(plan, ids)
+    pystitch.face_pairs(plan, ids)
+    pystitch.resolve(plan)
+    for i in range(0, len(ids), 5):
+        pystitch.apply_lut(plan, ids[i:i + 5])
+    counts = np.diff(Lut.open(plan.lut_uri, plan.hash).offsets)
+    output = LabelOutput.open(plan.partial_output, plan.label_layout(), plan.hash).level0
+    kept = {}
+    read_block_stats(plan, None, int(counts.sum()), set(), planes=kept)
+    wanted = face_planes(plan, sampled_faces(plan, counts, 256))
+    assert set(kept) == {(b, axis, pos) for b, planes in wanted.items() for axis, pos in planes}
+    for (b, axis, pos), data in kept.items():
+        core = output[plan.grid.core(b)]
+        plane = np.take(core, pos, axis=axis)
+        np.testing.assert_array_equal(decode_plane(data, plane.shape, output.dtype), plane)
+    expected = seam_qc(plan, output, counts)
+    assert expected["seam_objects"] > 50 and expected["faces_checked"] > 10
+    few = seam_qc(plan, output, counts, max_faces=7)
+    shutil.copytree(plan.partial_output, tmp_path / "copy.zarr")
+    chunks = [p for p in (Path(plan.partial_output) / "0").iterdir() if p.is_dir()]
+    assert chunks
+    for chunk in chunks:   # the labels are gone (level 0's chunks; its metadata stays)
+        shutil.rmtree(chunk)
+    summary = pystitch.finalize(plan, pictures=False)
+    assert {k: v for k, v in summary["seam_qc"].items() if k != "remedy"} == expected
+    copy = zarr.open_group(tmp_path / "copy.zarr", mode="r")["0"]
+    assert seam_qc(plan, copy, counts, max_faces=7, kept=kept) == few     # partly read from the output
+
+
+def test_seam_faces_are_every_face_between_two_non_empty_blocks():
+    from hypothesis import given, settings, strategies as st
+
+    from pystitch.grid import BlockGrid
+    from pystitch.report.qc import seam_faces
+
+    class Plan:   # what seam_faces reads of a plan: its grid
+        def __init__(self, grid):
+            self.grid, self.n_blocks = grid, grid.n_blocks
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(1, 40), min_size=2, max_size=3), st.lists(st.integers(2, 9), min_size=3,
+                                                                          max_size=3), st.data())
+    def check(shape, block, data):
+        grid = BlockGrid(tuple(shape), tuple(block[:len(shape)]), (1,) * len(shape))
+        counts = np.asarray(data.draw(st.lists(st.integers(0, 2), min_size=grid.n_blocks,
+                                               max_size=grid.n_blocks)))
+        expected = []   # block by block, as the seam QC defines its faces
+        for a in range(grid.n_blocks):
+            if counts[a] == 0:
+                continue
+            idx = grid.index(a)
+            for axis in grid.split_axes():
+                if idx[axis] + 1 < grid.counts[axis]:
+                    b = grid.id([i + (k == axis) for k, i in enumerate(idx)])
+                    if counts[b] > 0:
+                        expected.append((a, b, axis))
+        assert seam_faces(Plan(grid), counts) == expected
+
+    check()
 
 
 def test_pictures_and_summary(into_image):

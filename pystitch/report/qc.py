@@ -22,12 +22,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from numcodecs import Blosc
 
+from ..errors import StagingError
 from ..plan import Plan
 from ..storage.labels import level_shape
 
 log = logging.getLogger(__name__)
 
+#: block faces the seam QC samples unless told otherwise (``--qc-faces``);
+#: apply-lut keeps the planes of these
+QC_FACES = 256
 #: seam rate above max(FLAG_RATIO * control rate, control rate + FLAG_MARGIN) is flagged
 FLAG_RATIO = 2.0
 FLAG_MARGIN = 0.02
@@ -53,59 +58,133 @@ def plane_breaks(p: np.ndarray, q: np.ndarray) -> tuple[int, int]:
 
 
 def seam_faces(plan: Plan, counts: np.ndarray) -> list[tuple[int, int, int]]:
-    """Faces (block, neighbour, axis) between two non-empty blocks."""
-    faces = []
-    for a in range(plan.n_blocks):
-        if counts[a] == 0:
-            continue
-        idx = plan.grid.index(a)
-        for axis in plan.grid.split_axes():
-            if idx[axis] + 1 < plan.grid.counts[axis]:
-                nidx = list(idx)
-                nidx[axis] += 1
-                b = plan.grid.id(nidx)
-                if counts[b] > 0:
-                    faces.append((a, b, axis))
+    """Faces (block, neighbour, axis) between two non-empty blocks, by block
+    id, then by axis (computed over whole arrays of block ids: a grid of 10⁵
+    blocks takes milliseconds)."""
+    grid = plan.grid
+    counts = np.asarray(counts)
+    found = []
+    for rank, axis in enumerate(grid.split_axes()):
+        index = np.indices(grid.counts).reshape(len(grid.counts), -1)
+        a = np.arange(grid.n_blocks)[index[axis] + 1 < grid.counts[axis]]
+        b = a + int(np.prod(grid.counts[axis + 1:]))   # the next block along ``axis`` (C order)
+        keep = (counts[a] > 0) & (counts[b] > 0)
+        found.append((a[keep], b[keep], np.full(int(keep.sum()), axis), np.full(int(keep.sum()), rank)))
+    if not found:
+        return []
+    a, b, axis, rank = (np.concatenate(parts) for parts in zip(*found))
+    order = np.lexsort((rank, a))
+    return [(int(x), int(y), int(z)) for x, y, z in zip(a[order], b[order], axis[order])]
+
+
+def sampled_faces(plan: Plan, counts: np.ndarray, max_faces: int | None = None) -> list[tuple[int, int, int]]:
+    """The faces the seam QC compares: at most ``max_faces`` of
+    :func:`seam_faces`, evenly sampled (None: all)."""
+    faces = seam_faces(plan, counts)
+    if max_faces is not None and len(faces) > max_faces:
+        faces = [faces[i] for i in np.unique(np.linspace(0, len(faces) - 1, max_faces).round().astype(int))]
     return faces
 
 
-def seam_qc(plan: Plan, labels: Any, counts: np.ndarray, max_faces: int | None = 256) -> dict:
+def face_planes(plan: Plan, faces: Sequence[tuple[int, int, int]]) -> dict[int, set[tuple[int, int]]]:
+    """The planes ``(axis, position in the block's core)`` of every block that
+    the seam QC compares for ``faces``: the last plane of the block before the
+    seam and its two middle planes (the control), the first plane of the
+    block after it."""
+    needed: dict[int, set[tuple[int, int]]] = {}
+    for a, b, axis in faces:
+        n = plan.grid.core(a)[axis]
+        n = n.stop - n.start
+        mine = needed.setdefault(a, set())
+        mine.add((axis, n - 1))
+        if n // 2 >= 1:
+            mine |= {(axis, n // 2 - 1), (axis, n // 2)}
+        needed.setdefault(b, set()).add((axis, 0))
+    return needed
+
+
+def plane_key(block: int, axis: int, pos: int) -> str:
+    """The name of a kept plane in a statistics file."""
+    return f"qc-{block}-{axis}-{pos}"
+
+
+def parse_plane_key(key: str) -> tuple[int, int, int] | None:
+    """(block, axis, position) of a :func:`plane_key`; None for other names."""
+    parts = key.split("-")
+    if len(parts) != 4 or parts[0] != "qc" or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2]), int(parts[3])
+
+
+#: how kept planes are compressed: labels, long runs of few values
+PLANE_CODEC = Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
+
+
+def encode_plane(plane: np.ndarray) -> np.ndarray:
+    """A plane of labels as compressed bytes (uint8), for a statistics file."""
+    return np.frombuffer(PLANE_CODEC.encode(np.ascontiguousarray(plane)), np.uint8)
+
+
+def decode_plane(data: np.ndarray, shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """The plane :func:`encode_plane` compressed; its shape and dtype must be
+    ``shape`` and ``dtype`` (a damaged plane is an error, never other labels)."""
+    dtype = np.dtype(dtype)
+    raw = PLANE_CODEC.decode(np.ascontiguousarray(data, np.uint8).tobytes())
+    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"expected {int(np.prod(shape)) * dtype.itemsize} bytes, got {len(raw)}")
+    return np.frombuffer(raw, dtype).reshape(tuple(shape))
+
+
+def seam_qc(plan: Plan, labels: Any, counts: np.ndarray, max_faces: int | None = QC_FACES,
+            kept: dict[tuple[int, int, int], np.ndarray] | None = None) -> dict:
     """Break rates at seams and at control planes inside blocks.
 
     ``labels`` is the level-0 output array; ``counts`` the objects per block
     (empty blocks are skipped); at most ``max_faces`` faces, evenly sampled
-    (None: all).
+    (None: all).  ``kept``: planes apply-lut kept, ``{(block, axis,
+    position): encoded}`` (:func:`encode_plane`); a block whose planes were
+    not all kept is read from ``labels``.
     """
-    faces = seam_faces(plan, counts)
-    if max_faces is not None and len(faces) > max_faces:
-        faces = [faces[i] for i in np.unique(np.linspace(0, len(faces) - 1, max_faces).round().astype(int))]
-    cache: dict[int, tuple[tuple[int, ...], dict]] = {}
+    faces = sampled_faces(plan, counts, max_faces)
+    kept = kept or {}
+    needed = face_planes(plan, faces)
+    cache: dict[int, dict] = {}
 
-    def planes(block: int) -> tuple[tuple[int, ...], dict]:
-        """A block's shape and the planes QC compares (first, last and the two
-        middle ones on every split axis): its core is decoded once, only the
-        planes are kept."""
+    def planes(block: int) -> dict:
+        """The planes of a block QC compares: kept by apply-lut, or cut from
+        its core (decoded once, only the planes are kept)."""
         if block not in cache:
             if len(cache) >= 64:
                 cache.pop(next(iter(cache)))
-            core = labels[plan.grid.core(block)]
-            kept = {}
-            for axis in plan.grid.split_axes():
-                n = core.shape[axis]
-                for pos in {0, n - 1, n // 2 - 1, n // 2} - {-1}:
-                    kept[axis, pos] = np.take(core, pos, axis=axis)
-            cache[block] = (core.shape, kept)
+            core = plan.grid.core(block)
+            shape = tuple(s.stop - s.start for s in core)
+            wanted = needed[block]
+            if all((block, axis, pos) in kept for axis, pos in wanted):
+                found = {}
+                for axis, pos in wanted:
+                    try:
+                        found[axis, pos] = decode_plane(kept[block, axis, pos], shape[:axis] + shape[axis + 1:],
+                                                        labels.dtype)
+                    except Exception as exc:  # codec errors come in many types
+                        raise StagingError(f"The seam QC plane {plane_key(block, axis, pos)} kept by apply-lut "
+                                           f"is damaged ({exc}): run apply-lut again for block {block}.") from exc
+            else:
+                data = labels[core]
+                found = {(axis, pos): np.take(data, pos, axis=axis) for axis, pos in wanted}
+            cache[block] = found
         return cache[block]
 
     seam = np.zeros(2, np.int64)
     control = np.zeros(2, np.int64)
     per_face = []
     for a, b, axis in faces:
-        shape, pa = planes(a)
-        s = plane_breaks(pa[axis, shape[axis] - 1], planes(b)[1][axis, 0])
+        core = plan.grid.core(a)[axis]
+        n = core.stop - core.start
+        pa = planes(a)
+        s = plane_breaks(pa[axis, n - 1], planes(b)[axis, 0])
         seam += s
         per_face.append({"block": a, "neighbour": b, "axis": plan.axes[axis], "breaks": s[0], "objects": s[1]})
-        mid = shape[axis] // 2
+        mid = n // 2
         if mid >= 1:
             control += plane_breaks(pa[axis, mid - 1], pa[axis, mid])
     seam_rate = float(seam[0] / seam[1]) if seam[1] else 0.0

@@ -25,13 +25,17 @@ from ..errors import StagingError
 from ..grid import format_block_ids
 from ..plan import Plan
 from ..storage.files import check_plan_hash, read_npz, step_files
+from .qc import parse_plane_key
 
 
 def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int],
-                     made_with: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+                     made_with: dict[str, str] | None = None, planes: dict | None = None
+                     ) -> dict[str, np.ndarray]:
     """Load the per-batch statistics files written by apply-lut.  ``made_with``
     (``lut_inputs``, ``output_id``): what every file must have been made with —
-    the current lut, and the output that is being finished."""
+    the current lut, and the output that is being finished.  ``planes``: a
+    dict that receives the seam QC planes the files keep, ``{(block, axis,
+    position): encoded}`` (of their own blocks only)."""
     paths = step_files(sources, plan.stats_dir, "stats-*.npz")
     keys = ("block", "id", "count", "lo", "hi", "sum") + (("isum", "imax") if plan.intensity_stats else ())
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -50,6 +54,11 @@ def read_block_stats(plan: Plan, sources: Any, n_objects: int, needed: set[int],
         covered |= blocks
         for k in parts:
             parts[k].append(data[k])
+        if planes is not None:
+            for name, value in data.items():
+                key = parse_plane_key(name)
+                if key is not None and key[0] in blocks:
+                    planes[key] = value
     missing = sorted(needed - covered)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")

@@ -6,7 +6,9 @@ whole table), maps them with the compiled kernel, writes the output chunk,
 and records per-object statistics (voxel count, bounding box, coordinate
 sums; with the plan's ``intensity_stats`` also the sum and maximum of the
 image's intensity per channel, read from the image for the block's core)
-that ``finalize`` merges into the regions table.  Reading the next
+that ``finalize`` merges into the regions table, and the planes of the
+block that finalize's seam QC compares (:func:`qc_planes_kept`, compressed:
+finalize then reads no labels back from the output).  Reading the next
 block and writing the previous one overlap with the work on the current one,
 so a task holds at most three blocks.
 """
@@ -25,6 +27,7 @@ from ..errors import StagingError
 from ..grid import parse_block_ids
 from ..plan import Plan
 from ..progress import advance
+from ..report.qc import QC_FACES, encode_plane, face_planes, plane_key, sampled_faces
 from ..storage.files import atomic_write_npz, read_json
 from ..storage.images import open_image
 from ..storage.labels import LabelOutput
@@ -33,6 +36,22 @@ from ..storage.staging import Staging
 from ..storage.zarrs import WriteBehind, read_ahead
 
 log = logging.getLogger(__name__)
+
+
+_KEPT: dict[tuple, dict[int, set[tuple[int, int]]]] = {}
+
+
+def qc_planes_kept(plan: Plan, counts: np.ndarray) -> dict[int, set[tuple[int, int]]]:
+    """``{block: {(axis, position)}}``: the planes of every block that the seam
+    QC of finalize compares with its default sample of faces
+    (:data:`~pystitch.report.qc.QC_FACES`), which apply-lut keeps.  The sample
+    depends on the objects per block (``counts``, from the lut) only, so every
+    apply-lut task finds the same; remembered per process."""
+    key = (plan.hash, hash(np.asarray(counts).tobytes()))
+    if key not in _KEPT:
+        _KEPT.clear()
+        _KEPT[key] = face_planes(plan, sampled_faces(plan, counts, QC_FACES))
+    return _KEPT[key]
 
 
 def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids: np.ndarray,
@@ -106,6 +125,8 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
     staging = Staging(plan.staging_uri, plan.grid, plan.hash)
     keys = ["block", "id", "count", "lo", "hi", "sum"] + (["isum", "imax"] if plan.intensity_stats else [])
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    kept_planes = qc_planes_kept(plan, np.diff(table.offsets))
+    planes: dict[str, np.ndarray] = {}
     work = [b for b in ids if table.block_range(b)[1] > 0]
     advance("apply-lut", len(ids) - len(work))  # blocks without objects: nothing to write
     source = open_image(plan.image) if plan.intensity_stats and plan.image is not None else None
@@ -130,7 +151,10 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
                 block_lut = np.zeros(n + 1, dtype=table.dtype)
                 block_lut[1:] = table.read(offset + 1, offset + n + 1)
                 core = plan.grid.core(b)
-                writer.submit(output.write_block, core, apply_lut_array(local, block_lut))
+                final = apply_lut_array(local, block_lut)
+                writer.submit(output.write_block, core, final)
+                for axis, pos in sorted(kept_planes.get(b, ())):
+                    planes[plane_key(b, axis, pos)] = encode_plane(np.take(final, pos, axis=axis))
                 stats = block_regions(local, n, tuple(s.start for s in core), block_lut[1:], image)
                 rows["block"].append(np.full(len(stats["id"]), b, dtype=np.int64))
                 for k, v in stats.items():
@@ -147,6 +171,7 @@ def apply_lut(plan: Plan | str | os.PathLike, blocks: Any, *, lut: str | os.Path
              "sum": np.zeros((0, ndim), np.int64), "isum": np.zeros((0, channels)),
              "imax": np.zeros((0, channels))}
     arrays = {k: np.concatenate(v) if v else empty[k] for k, v in rows.items()}
+    arrays.update(planes)
     arrays.update(blocks=np.asarray(ids, dtype=np.int64), plan_hash=np.asarray(plan.hash),
                   # what these results belong to: finalize takes them only for this lut and this output
                   lut_inputs=np.asarray(str(table.attrs.get("inputs"))),

@@ -24,7 +24,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import InputError, OutputExistsError, StagingError
 from ..plan import LOCATION_FIELDS, Plan
-from ..report.qc import pictures as qc_pictures, seam_qc, seam_remedy
+from ..report.qc import QC_FACES, pictures as qc_pictures, seam_qc, seam_remedy
 from ..report.regions import merge_regions, read_block_stats, regions_columns, write_csv, write_parquet
 from ..report.summary import environment, trace_timings, write_reports
 from ..storage import remote
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def finalize(plan: Plan | str | os.PathLike, *, lut: str | os.PathLike | None = None, stats: Any = None,
              overwrite: bool = False, extra: dict | None = None, trace: str | os.PathLike | None = None,
-             qc_faces: int | None = 256, pictures: bool = True, grid: bool = False,
+             qc_faces: int | None = QC_FACES, pictures: bool = True, grid: bool = False,
              output: str | os.PathLike | None = None, report_dir: str | os.PathLike | None = None,
              published_in: str | os.PathLike | None = None) -> dict:
     """Write the report (regions table, seam QC, pictures, summary) and publish
@@ -96,9 +96,10 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
     offsets = table.offsets[:]
     counts = np.diff(offsets)
     needed = {int(b) for b in np.flatnonzero(counts)}
+    kept: dict = {}   # the seam QC's planes, kept by apply-lut
     rows = read_block_stats(plan, stats, n_objects, needed,
                             made_with={"lut_inputs": str(table.attrs.get("inputs")),
-                                       "output_id": str(current["output_id"])})
+                                       "output_id": str(current["output_id"])}, planes=kept)
     merged = merge_regions(rows, n_objects)
     cols = regions_columns(merged, plan.axes, plan.voxel_size, plan.translation, plan.unit,
                            plan.image.channel if plan.image is not None else None)
@@ -149,7 +150,7 @@ def _finalize(plan: Plan, t0: float, *, lut: Any, stats: Any, overwrite: bool, e
     if not published:
         remove_partial_files(labels_uri)  # what a killed apply-lut left: never published
     output_levels = LabelOutput.open(labels_uri, plan.label_layout(), plan.hash).levels
-    qc = summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces)
+    qc = summary["seam_qc"] = seam_qc(plan, output_levels[0], counts, max_faces=qc_faces, kept=kept)
     qc["remedy"] = seam_remedy(plan, qc, merged["hi"] - merged["lo"])
     if qc["flagged"]:
         log.warning("seam QC: objects break at block seams more often than inside blocks (%s vs %s): %s",
