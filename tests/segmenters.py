@@ -150,3 +150,14 @@ def needs_environment(block: np.ndarray, name: str, value: str) -> np.ndarray:
     if os.environ.get(name) != value:
         raise RuntimeError(f"{name} is {os.environ.get(name)!r} in this worker, not {value!r}")
     return ndimage.label(block > 500)[0].astype(np.uint32)
+
+
+def zarr_threads(block: np.ndarray, expected: int) -> np.ndarray:
+    """Thresholds the block at 500 when zarr's codec thread pool of this
+    worker has ``expected`` threads (what the runner gives each worker)."""
+    import zarr
+
+    found = zarr.config.get("threading.max_workers")
+    if found != expected:
+        raise RuntimeError(f"zarr has {found!r} codec threads in this worker, not {expected}")
+    return ndimage.label(block > 500)[0].astype(np.uint32)

@@ -162,6 +162,27 @@ def test_workers_see_the_environment_of_the_run_not_of_the_fork_server(tmp_path,
                      kwargs={"name": "PYSTITCH_TEST_SETTING", "value": "set after the fork server"})
 
 
+def test_workers_give_zarr_their_share_of_the_cores(tmp_path, monkeypatch):
+    """zarr's codec thread pool defaults to cores + 4 in every process: each
+    worker gets its share of the cores instead; a positive integer in
+    ZARR_THREADING__MAX_WORKERS still decides (and nothing else does)."""
+    from pystitch.runner import usable_cores
+
+    path = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    opts = dict(block_shape=8, halo=1, backend="callable", rule="exact", workers=2, progress=False,
+                function=f"{SEG}:zarr_threads")
+    monkeypatch.delenv("ZARR_THREADING__MAX_WORKERS", raising=False)
+    share = max(1, usable_cores() // 2)
+    s = pystitch.run(path, tmp_path / "a.zarr", **opts, kwargs={"expected": share})
+    assert s["objects"] > 0
+    monkeypatch.setenv("ZARR_THREADING__MAX_WORKERS", "3")
+    assert pystitch.run(path, tmp_path / "b.zarr", **opts, kwargs={"expected": 3})["objects"] == s["objects"]
+    for ignored in ("0", "many"):
+        monkeypatch.setenv("ZARR_THREADING__MAX_WORKERS", ignored)
+        assert pystitch.run(path, tmp_path / f"c{ignored}.zarr", **opts,
+                            kwargs={"expected": share})["objects"] == s["objects"]
+
+
 def test_image_without_foreground(tmp_path):
     path = save(tmp_path / "blank.zarr", np.full((20, 40, 40), 100, np.uint16))
     s = pystitch.run(path, tmp_path / "out.zarr", block_shape=(10, 20, 20), halo=1, threshold=500, progress=False)
