@@ -143,6 +143,41 @@ def test_chunk_cache_reads_what_zarr_reads(tmp_path, volume, capacity_mb, monkey
         np.testing.assert_array_equal(src.read(region), volume[region] + 1)
 
 
+def test_chunk_cache_keeps_large_chunks_in_their_own_pages_and_decodes_local_ones_two_at_a_time(tmp_path,
+                                                                                                 monkeypatch):
+    """A kept chunk of 1 MiB or more lives in an anonymous memory map of its
+    own (unmapped when dropped, never pinning heap memory); the chunks a
+    local block needs are decoded two at a time, and what is read is still
+    what zarr reads."""
+    import mmap
+
+    from pystitch.storage import images, zarrs
+
+    monkeypatch.delenv("PYSTITCH_READ_CACHE_MB", raising=False)
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 1000, (32, 256, 256), dtype=np.uint16)    # 8 chunks: 2 small, 6 of 1 MiB
+    path = str(tmp_path / "img.zarr")
+    zarr.create_array(store=path, shape=data.shape, dtype=data.dtype, chunks=(8, 256, 256))[...] = data
+    arr = zarr.open_array(path, mode="r")
+    batches = []
+    real = zarrs.read_concurrently
+    monkeypatch.setattr(zarrs, "read_concurrently", lambda reads: batches.append(len(reads)) or real(reads))
+    src = open_image(ImageSpec(path))
+    assert src.cache.at_once == images.LOCAL_DECODES_AT_ONCE == 2
+    np.testing.assert_array_equal(src.read((slice(0, 30), slice(0, 256), slice(0, 256))), data[:30])
+    assert batches and max(batches) == 2 and sum(batches) == 4
+    for chunk in src.cache.chunks.values():
+        assert chunk.nbytes == 2 ** 20
+        base = chunk
+        while isinstance(base, (np.ndarray, memoryview)):
+            base = base.base if isinstance(base, np.ndarray) else base.obj
+        assert isinstance(base, mmap.mmap)
+    small = images.ChunkCache(2 ** 30, at_once=None)              # a URL's chunks: all at once
+    batches.clear()
+    np.testing.assert_array_equal(small.read(arr, (slice(0, 32), slice(5, 9), slice(0, 256))), data[:, 5:9])
+    assert batches == [4]
+
+
 @pytest.mark.parametrize("new_chunks", [(8, 16, 16), (16, 32, 32)])
 def test_rewritten_image_is_not_read_from_stale_chunks(tmp_path, volume, new_chunks):
     """Two runs in one process on the same path, the image rewritten in between

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import mmap
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -310,6 +311,27 @@ def _regular_chunks(array: Any) -> tuple[int, ...] | None:
     return tuple(int(c) for c in chunks) if chunks and len(chunks) == array.ndim else None
 
 
+#: kept chunks at least this large get pages of their own (:func:`_own_pages`)
+OWN_PAGES_BYTES = 2 ** 20
+#: chunks of a local image decoded at once when a block needs several: each
+#: one decoding holds its encoded bytes, its decoded bytes and zarr's copy of
+#: them, so a block needing 27 chunks at once held ~3x them on top of the cache
+LOCAL_DECODES_AT_ONCE = 2
+
+
+def _own_pages(data: np.ndarray) -> np.ndarray:
+    """``data`` copied into an anonymous memory map of its own when it is at
+    least :data:`OWN_PAGES_BYTES`: a chunk kept in the cache outlives many
+    allocations made after it, and left on the heap it pins the memory around
+    it; its own mapping goes back to the system the moment it is dropped."""
+    if data.nbytes < OWN_PAGES_BYTES:
+        return data
+    pages = mmap.mmap(-1, data.nbytes)
+    own = np.frombuffer(pages, dtype=data.dtype).reshape(data.shape)
+    np.copyto(own, data)
+    return own
+
+
 class ChunkCache:
     """Decoded chunks of one opened image, least recently used dropped first.
 
@@ -325,8 +347,11 @@ class ChunkCache:
     image and ``peak`` is the most it held (bytes).
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(self, capacity_bytes: int, at_once: int | None = LOCAL_DECODES_AT_ONCE) -> None:
         self.capacity = capacity_bytes
+        #: missing chunks decoded concurrently (None: all a request needs at
+        #: once, for URLs, where each one waits on the network)
+        self.at_once = at_once
         self.used = 0
         self.peak = 0
         self.decoded = 0
@@ -349,7 +374,7 @@ class ChunkCache:
     def _put(self, key: tuple, data: np.ndarray) -> None:
         if data.nbytes > self.capacity:
             return
-        self.chunks[key] = data
+        self.chunks[key] = _own_pages(data)
         self.used += data.nbytes
         self._evict()
         self.peak = max(self.peak, self.used)
@@ -382,7 +407,9 @@ class ChunkCache:
             if isinstance(array, zarr.Array):
                 from .zarrs import read_concurrently
 
-                parts = read_concurrently([(array, r) for r in regions])
+                step = self.at_once or len(regions)
+                parts = [part for i in range(0, len(regions), step)
+                         for part in read_concurrently([(array, r) for r in regions[i:i + step]])]
             else:
                 parts = [np.asarray(array[r]) for r in regions]
             for g, part in zip(missing, parts):
@@ -452,7 +479,7 @@ def open_image(spec: ImageSpec | str, *, cache: bool = True, **kwargs: Any) -> I
         source.unit = spec.unit
     capacity = cache_capacity() if cache else 0
     if capacity:
-        source.cache = ChunkCache(capacity)
+        source.cache = ChunkCache(capacity, at_once=None if is_url(spec.uri) else LOCAL_DECODES_AT_ONCE)
     return source
 
 
