@@ -459,7 +459,9 @@ def _dispatch(command: str, argv: list[str], prog: str) -> int:
         return 2
     try:
         from .storage import remote
+        from .storage.zarrs import set_codec_threads
 
+        set_codec_threads()   # the cores of this task, not the node's (a cluster job, a container)
         with remote.using(options.get("storage_options")):  # every URL a step opens
             COMMANDS[command](options)
     except PystitchError as exc:

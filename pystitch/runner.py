@@ -44,6 +44,7 @@ from .steps.resolve import resolve
 from .steps.segment_block import BlockSegmenter, segment_blocks
 from .storage.files import DirectoryLock, atomic_write_json, read_json, read_npz
 from .storage.images import ImageSpec, absolute_uri, cache_capacity
+from .storage.zarrs import set_codec_threads
 from .storage import remote
 from .storage.labels import is_published
 from .storage.memory import fingerprint, is_array_input, local_zarr_location, register_staged, registered, stage
@@ -281,7 +282,8 @@ def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], wo
     threads = str(max(1, usable_cores() // max(1, workers)))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, threads)
-    share_zarr_threads(int(threads))
+    # zarr's codec threads: this worker's share of the cores (benchmarks/results/perf-2026-12-03-zarr-threads.md)
+    set_codec_threads(int(threads))
     register_staged(inputs)
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -293,25 +295,6 @@ def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], wo
     remote.set_storage_options(storage)
     if devices is not None:
         pin(devices.get(timeout=60))
-
-
-#: zarr's setting of its codec thread pool, as an environment variable
-ZARR_THREADS_ENV = "ZARR_THREADING__MAX_WORKERS"
-
-
-def share_zarr_threads(threads: int) -> None:
-    """Give zarr's codec thread pool of this worker ``threads`` threads (its
-    share of the cores) instead of zarr's default, cores + 4 in every worker:
-    more threads than cores only wait, and each one that allocates while
-    another does gets a malloc arena of its own, which keeps its high-water
-    mark (benchmarks/results/perf-2026-12-03-zarr-threads.md).  A positive
-    integer in ``ZARR_THREADING__MAX_WORKERS`` still decides."""
-    import zarr
-
-    value = os.environ.get(ZARR_THREADS_ENV, "").strip()
-    if value.isdigit() and int(value) > 0:
-        threads = int(value)
-    zarr.config.set({"threading.max_workers": max(1, int(threads))})
 
 
 def pin(device: str) -> None:

@@ -169,3 +169,21 @@ def test_batches_leave_out_empty_blocks(tmp_path):
               "--threshold", "500").stdout.strip()
     assert sh("pystitch", "batches", plan, "--size", "2").stdout.split() == ["0-1", "10"]
     assert sh("pystitch", "batches", plan, "--size", "1").stdout.split() == ["0", "1", "10"]
+
+
+def test_a_step_gives_zarr_the_cores_it_may_run_on(tmp_path):
+    """zarr's codec thread pool defaults to the node's cores + 4 in every
+    process; a step takes the cores it may run on instead (a cluster job's
+    allocation; here what taskset allows), unless ZARR_THREADING__MAX_WORKERS
+    says."""
+    img = save(tmp_path / "img.zarr", blobs((16, 32, 32), seed=1))
+    seg = Path(__file__).parent / "segmenters.py"
+    plan = sh("plan-blocks", img, tmp_path / "out.zarr", "--block-shape", "8,16,16", "--halo", "1",
+              "--backend", "callable", "--function", f"{seg}:zarr_threads", "--kwargs", '{"expected": 1}',
+              "--work-dir", tmp_path / "work").stdout.strip().splitlines()[-1]
+    sh("taskset", "-c", "0", "segment-block", plan, "--blocks", "0-3")
+    if len(os.sched_getaffinity(0)) > 1:   # on every core: more threads than the segmenter expects
+        res = sh("segment-block", plan, "--blocks", "4-7", check=False)
+        assert res.returncode == 1 and "codec threads in this worker, not 1" in res.stderr
+    env_one = sh("env", "ZARR_THREADING__MAX_WORKERS=1", "segment-block", plan, "--blocks", "4-7")
+    assert env_one.returncode == 0

@@ -5,6 +5,7 @@ worked on)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
@@ -17,6 +18,31 @@ from zarr.core.sync import sync as zarr_sync
 #: compression for label arrays: labels are long runs of few values, which
 #: bit-shuffled lz4 packs small and decodes fastest (see benchmarks/)
 LABEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+#: zarr's setting of its codec thread pool, as an environment variable
+ZARR_THREADS_ENV = "ZARR_THREADING__MAX_WORKERS"
+
+
+def set_codec_threads(threads: int | None = None) -> int:
+    """Give zarr's codec thread pool of this process ``threads`` threads (None:
+    the cores this process may run on, a batch job's allocation) instead of
+    zarr's default, the node's cores + 4: more threads than cores only wait,
+    and each one that allocates while another does gets a malloc arena of
+    its own, which keeps its high-water mark.  A positive integer in
+    ``ZARR_THREADING__MAX_WORKERS`` still decides.  Call it before zarr's
+    first read or write (its pool is made then).  Returns the threads set."""
+    value = os.environ.get(ZARR_THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        threads = int(value)
+    elif threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            threads = os.cpu_count() or 1
+    threads = max(1, int(threads))
+    zarr.config.set({"threading.max_workers": threads})
+    return threads
 
 
 def write_concurrently(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
