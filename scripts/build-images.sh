@@ -199,9 +199,44 @@ if [ "$PIP_CA" != none ] && [ -s "$PIP_CA" ]; then
 fi
 
 build+=("${EXTRA_ARGS[@]}" "$REPO")
+
+# ---- disk ------------------------------------------------------------------------
+# A cold build holds the image's layers about three times over (the build
+# stage, its commit, the final stage).  Where that much is not free, say so
+# before the build (cached layers may still let it pass) and, when the build
+# runs out of space, say where and how much is needed instead of leaving it to
+# a line deep in the engine's log.
+case "$VARIANT" in gpu) NEED_GB=20 ;; *) NEED_GB=4 ;; esac
+store=
+if [ "$ENGINE" = podman ]; then
+    store=$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || true)
+fi
+free_gb() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+free_at_start=
+if [ -n "$store" ] && [ -d "$store" ]; then
+    free_at_start=$(free_gb "$store")
+    if [ -n "$free_at_start" ] && [ "$free_at_start" -lt "$NEED_GB" ]; then
+        log "warning: $free_at_start GB free in the image store $store; a cold build of $NAME needs about" \
+            "$NEED_GB GB there (less where its layers are cached)"
+    fi
+fi
+
 log "building $IMAGE (version $VERSION, base ${base_name}) with $ENGINE"
 start=$SECONDS
-"${build[@]}" >&2 || die "$ENGINE build failed"
+build_log=$(mktemp "${TMPDIR:-/tmp}/pystitch-build.XXXXXX")
+trap 'rm -f "$build_log"' EXIT
+set +e
+"${build[@]}" 2>&1 | tee "$build_log" >&2
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+    if grep -q "no space left on device" "$build_log"; then
+        die "$ENGINE build of $NAME ran out of disk${store:+ in the image store $store}" \
+            "(${free_at_start:-?} GB free when it started; a cold build needs about $NEED_GB GB): free space" \
+            "there, or point PYSTITCH_PODMAN_STORAGE at a larger disk (scripts/podman-env.sh)"
+    fi
+    die "$ENGINE build failed"
+fi
 log "built $IMAGE in $((SECONDS - start)) s"
 
 # ---- save ------------------------------------------------------------------------
