@@ -282,7 +282,7 @@ def _worker_init(queue: Any, levels: tuple[int, int], inputs: dict[str, str], wo
     threads = str(max(1, usable_cores() // max(1, workers)))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, threads)
-    # zarr's codec threads: this worker's share of the cores (benchmarks/results/perf-2026-12-03-zarr-threads.md)
+    # zarr's codec threads: this worker's share of the cores
     set_codec_threads(int(threads))
     register_staged(inputs)
     root = logging.getLogger()
