@@ -41,7 +41,8 @@ EXTENSIONS = [
     kernel("_resize", extra=("-ffp-contract=off",)),
 ]
 
-CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "apply-lut"]
+CLIS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "seed-flows",
+        "assign-flows", "apply-lut"]
 
 setup(
     name="pystitch",

@@ -49,6 +49,11 @@ SUMMARIES = {
     "follow-flows": "The flows rule's second step: Cellpose's dynamics on the flow store (trajectories, global "
                     "seeds, mask filters); write the staging labels and the lut store; create the output array. "
                     "With --blocks, only the trajectories of those blocks (a batch task before the whole step).",
+    "seed-flows": "The flows rule, between follow-flows --blocks and assign-flows: the seeds of the whole image "
+                  "from every block's end points, grown into the region map that assign-flows labels blocks from.",
+    "assign-flows": "The flows rule, between seed-flows and follow-flows: label blocks by the seed region their end "
+                    "points fall in (their staging labels and per-object stats; follow-flows then filters whole "
+                    "objects).",
     "apply-lut": "Write the final ids of blocks into the output and their region statistics.",
     "finalize": "Regions table, seam QC, pictures and summary; publish the output (its path and the report's "
                 "are printed).",
@@ -318,6 +323,21 @@ def cmd_follow_flows(o: dict) -> None:
         print(json.dumps(summary))
 
 
+def cmd_seed_flows(o: dict) -> None:
+    from .steps.flows_rule import seed_step
+
+    core, _ = P.bind("seed-flows", o)
+    print(json.dumps(seed_step(core["plan"])))
+
+
+def cmd_assign_flows(o: dict) -> None:
+    from .steps.flows_rule import assign_step
+
+    core, _ = P.bind("assign-flows", o)
+    blocks = _require(core, "blocks", "one id (7), a range (0-9), a list (0,3,5) or all")
+    print(json.dumps(assign_step(core["plan"], blocks)))
+
+
 def cmd_apply_lut(o: dict) -> None:
     from .steps.apply_lut import apply_lut
 
@@ -383,6 +403,8 @@ COMMANDS: dict[str, Callable[[dict], None]] = {
     "resolve": cmd_resolve,
     "predict-flows": cmd_predict_flows,
     "follow-flows": cmd_follow_flows,
+    "seed-flows": cmd_seed_flows,
+    "assign-flows": cmd_assign_flows,
     "apply-lut": cmd_apply_lut,
     "finalize": cmd_finalize,
     "batches": cmd_batches,
@@ -517,5 +539,7 @@ face_pairs_main = _single("face-pairs")
 resolve_main = _single("resolve")
 predict_flows_main = _single("predict-flows")
 follow_flows_main = _single("follow-flows")
+seed_flows_main = _single("seed-flows")
+assign_flows_main = _single("assign-flows")
 apply_lut_main = _single("apply-lut")
 finalize_main = _single("finalize")

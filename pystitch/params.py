@@ -33,7 +33,7 @@ from .errors import InputError
 
 #: the commands (CLIs) of pystitch; "run" is every step on this machine
 COMMANDS = ("run", "plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows",
-            "apply-lut", "finalize", "batches", "example", "convert")
+            "seed-flows", "assign-flows", "apply-lut", "finalize", "batches", "example", "convert")
 #: where a parameter appears only in the pipeline, not in any command
 PIPELINE = "pipeline"
 PLAN_AND_RUN = ("run", "plan-blocks")
@@ -233,7 +233,8 @@ PARAMS: tuple[Param, ...] = (
        "object of s3fs keyword arguments, e.g. {\"endpoint_url\": \"https://minio.example.org\"}; credentials "
        "come from the AWS environment (AWS_ACCESS_KEY_ID..., AWS_PROFILE, ~/.aws); default: the JSON in "
        "PYSTITCH_STORAGE_OPTIONS", commands=("run", "plan-blocks", "segment-block", "face-pairs", "resolve",
-                                             "predict-flows", "follow-flows", "apply-lut", "finalize"),
+                                             "predict-flows", "follow-flows", "seed-flows", "assign-flows",
+                                             "apply-lut", "finalize"),
        group="running", metavar="JSON",
        help_text="Every step opens the URLs with them; AWS_ENDPOINT_URL names an S3-compatible endpoint as well. "
        "Keep credentials out of them (they would be in the tasks' scripts): use the AWS environment or profiles."),
@@ -293,11 +294,13 @@ PARAMS: tuple[Param, ...] = (
        group="output"),
     # ---- the steps' own inputs and outputs
     _p("plan", "str", "path of plan.json (or of the work directory holding it)", group="step",
-       commands=("segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "apply-lut", "finalize",
+       commands=("segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "seed-flows",
+                 "assign-flows", "apply-lut", "finalize",
                  "batches"), positional=True,
        required=True, nextflow=False),
     _p("blocks", "text", "block ids: one (7), a range (0-9), a list (0,3,5), a mix (0-9,12) or all", group="step",
-       commands=("segment-block", "face-pairs", "predict-flows", "follow-flows", "apply-lut"), required=True,
+       commands=("segment-block", "face-pairs", "predict-flows", "follow-flows", "assign-flows", "apply-lut"),
+       required=True,
        nextflow=False, metavar="IDS", optional_in=("follow-flows",),
        command_help={"follow-flows": "only the trajectories of these blocks (ids as above): their end points "
                                      "into the work directory, for the follow-flows of the whole plan"}),
@@ -538,7 +541,7 @@ _SCHEMA_GROUPS = {
 }
 #: which steps of the pipeline receive a parameter given to the pipeline
 _PIPELINE_STEPS = {step: step for step in ("plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows",
-                                           "follow-flows", "apply-lut", "finalize")}
+                                           "follow-flows", "seed-flows", "assign-flows", "apply-lut", "finalize")}
 
 
 def _schema_type(p: Param) -> dict[str, Any]:

@@ -5,9 +5,10 @@ blocks one after the other, so its memory follows the size of ONE block with
 its halo, never the image or the batch: ``base + bytes_per_voxel x voxels``.
 Its time follows the voxels of the whole batch.  The flows rule's predict-flows
 batches and its follow-flows (one task per image) are bounded by the image's
-voxels (:func:`flows_estimate`); its trajectories, ``follow-flows --blocks``
-(``follow-blocks`` here), follow one block's window again
-(:func:`follow_blocks_estimate`).  A workflow engine asks for
+voxels (:func:`flows_estimate`; seed-flows, once per image too, as
+follow-flows); its trajectories, ``follow-flows --blocks`` (``follow-blocks``
+here), and its assignment, ``assign-flows --blocks`` (``assign-blocks``),
+hold one block's window at a time (:func:`follow_blocks_estimate`).  A workflow engine asks for
 this much per task (the Nextflow pipeline does, on every executor), so that a
 cluster can pack many small tasks instead of reserving a flat 16 GB each.
 
@@ -135,7 +136,11 @@ def resources(plan: Plan | str | os.PathLike, blocks_per_task: int) -> dict:
     flows = {}
     if plan.rule == "flows":
         flows = {**{step: flows_estimate(plan, step) for step in FLOWS_BYTES_PER_VOXEL},
-                 "follow-blocks": follow_blocks_estimate(plan, blocks)}
+                 # seed-flows holds the histogram pieces of every block (and follows a block no task did):
+                 # bounded as follow-flows; assign-flows one block's end points and labels, within a window
+                 "seed-flows": flows_estimate(plan, "follow-flows"),
+                 "follow-blocks": follow_blocks_estimate(plan, blocks),
+                 "assign-blocks": follow_blocks_estimate(plan, blocks)}
     return {"block_voxels": block_voxels(plan), "blocks_per_task": blocks,
             **{step: estimate(plan, step, blocks) for step in STEPS}, **flows}
 

@@ -812,13 +812,22 @@ def _follow_task(args: tuple) -> dict:
     return follow_step(plan_path, ids)
 
 
+def _assign_task(args: tuple) -> dict:
+    plan_path, ids = args
+    from .steps.flows_rule import assign_step  # cellpose only
+
+    return assign_step(plan_path, ids)
+
+
 def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float], scheduler: Scheduler,
                   batch_size: int) -> dict:
     """The flows rule's stages (see :mod:`pystitch.steps.flows_rule`): predict
-    in this process (the network, on its device), the trajectories in the
-    workers' batches when there are workers, then seeds, filters and the lut
-    in this process."""
-    from .steps.flows_rule import already_followed, labels_from_flows, model_niter, predict_flows, summary_path
+    in this process (the network, on its device), then the trajectories in
+    the workers' batches when there are workers, the seeds in this process,
+    the assignment of blocks in the workers' batches, then filters and the
+    lut in this process."""
+    from .steps.flows_rule import (already_followed, labels_from_flows, model_niter, predict_flows, seed_step,
+                                   summary_path)
 
     done = already_followed(plan)
     if done is not None:  # killed while writing the output: apply-lut goes on with the same lut
@@ -838,7 +847,18 @@ def _flows_stages(plan: Plan, runtime: dict, timings: dict[str, float], schedule
                                    sizes=[len(g) for g in groups]):
                 pass
             timings["follow"] = time.perf_counter() - t
-        log.info("stage dynamics (flows rule): seeds and filters over the whole image")
+            log.info("stage seeds (flows rule): the region map of the seeds of the whole image")
+            t = time.perf_counter()
+            seed_step(plan)
+            timings["seeds"] = time.perf_counter() - t
+            log.info("stage assign (flows rule): every block labelled from the seeds, %d worker(s)",
+                     scheduler.workers)
+            t = time.perf_counter()
+            for _ in scheduler.map(_assign_task, [(str(plan.plan_path), g) for g in groups], desc="assign",
+                                   sizes=[len(g) for g in groups]):
+                pass
+            timings["assign"] = time.perf_counter() - t
+        log.info("stage dynamics (flows rule): filters over the whole image, the lut")
         t = time.perf_counter()
         info = labels_from_flows(plan, store, store.niter or model_niter(plan, backend.segmenter))
         timings["dynamics"] = time.perf_counter() - t

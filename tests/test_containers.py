@@ -50,8 +50,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.containers]
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_BASE = "localhost/pystitch-base:bookworm"
 BASE_IMAGE = os.environ.get("PYSTITCH_BASE_IMAGE", LOCAL_BASE)
-COMMANDS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "apply-lut",
-            "pystitch"]
+COMMANDS = ["plan-blocks", "segment-block", "face-pairs", "resolve", "predict-flows", "follow-flows", "seed-flows",
+            "assign-flows", "apply-lut", "pystitch"]
 HADOLINT_VERSION = "2.15.1"
 BUILD_TIMEOUT = 1800
 GPU_IMAGE_ENV = "PYSTITCH_TEST_GPU_IMAGE"

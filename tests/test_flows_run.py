@@ -188,6 +188,117 @@ def test_the_flows_steps_run_by_hand_equal_pystitch_run(model, tmp_path, capsys,
     assert json.loads((tmp_path / "work" / "resolve.json").read_text()) == resolved  # the first one's
 
 
+def fixed_flows_plan(model, tmp_path, dP, cellprob, block, settings):
+    """A plan of the flows rule whose complete flow store holds ``dP`` and
+    ``cellprob`` (no network): what the dynamics' steps make of it must be
+    Cellpose's own masks of those arrays."""
+    from pystitch.storage.flowstore import FlowStore
+
+    shape = cellprob.shape
+    path = save(tmp_path / "img.zarr", ((cellprob > 0) * 900 + 100).astype(np.uint16))
+    options = {"pretrained_model": str(model), "diameter": DIAMETER,
+               **{k: v for k, v in settings.items() if k != "niter"}}
+    plan = pystitch.plan_blocks(path, tmp_path / "out.zarr", block_shape=block, halo=(6,) * len(shape),
+                                backend="cellpose", rule="flows", work_dir=tmp_path / "work", skip_empty=False,
+                                backend_options=options)
+    store = FlowStore.create(plan.flows_uri, plan.shape, plan.block_shape, plan.hash)
+    for b in range(plan.n_blocks):
+        core = plan.grid.core(b)
+        store.write(core, dP[(slice(None), *core)], cellprob[core], block=b)
+    store.mark_complete(niter=settings["niter"])
+    return plan
+
+
+SETTINGS = {"niter": 200, "cellprob_threshold": 0.0, "flow_threshold": 0.4, "min_size": 15, "max_size_fraction": 0.4}
+#: name: (shape, objects, radius, seed, block); flows whose masks exercise every filter: the flow check (2-D), holes
+#: filled across block borders, a fill taking voxels of another object (3-D, seed 2)
+FIXED = {
+    "2-D": ((80, 100), 30, 8, 4, (27, 33)),
+    "3-D": ((20, 36, 40), 16, 5, 4, (10, 16, 20)),
+    "3-D, fills over small blocks": ((20, 36, 40), 16, 5, 2, (7, 12, 14)),
+}
+
+
+def fixed_arrays(name):
+    from flow_arrays import synthetic
+
+    shape, n, radius, seed, block = FIXED[name]
+    dP, cellprob = synthetic(shape, n, radius, seed=seed)
+    return np.asarray(dP, np.float32), np.asarray(cellprob, np.float32), block, SETTINGS
+
+
+@pytest.mark.parametrize("name", list(FIXED))
+def test_the_dynamics_tasks_equal_cellpose_on_fixed_flows(model, tmp_path, capsys, caplog, name) -> None:
+    """follow-flows --blocks, seed-flows, assign-flows --blocks, follow-flows,
+    apply-lut and finalize (the pipeline's tasks) on a flow store fed from
+    fixed arrays give Cellpose's masks of the whole arrays, values included,
+    and a regions table of exactly those objects. assign-flows before
+    seed-flows is refused; a rerun keeps the blocks already assigned; the
+    blocks no task did are done by follow-flows."""
+    from flow_arrays import cellpose_masks
+    from pystitch.cli import main
+
+    dP, cellprob, block, settings = fixed_arrays(name)
+    ref = cellpose_masks(dP, cellprob, do_3D=cellprob.ndim == 3, **settings)
+    assert ref.max() >= 5
+    plan = fixed_flows_plan(model, tmp_path, dP, cellprob, block, settings)
+    path, n = str(plan.plan_path), plan.n_blocks
+    assert n >= 8
+    assert main(["follow-flows", path, "--blocks", f"0-{n - 3}"]) == 0  # the last two: follow-flows does them
+    capsys.readouterr()
+    assert main(["assign-flows", path, "--blocks", "0-3"]) == 1  # no region map yet: refused, nothing written
+    assert "run seed-flows on this plan first" in caplog.text
+    assert not list((tmp_path / "work" / "flows-ends").glob("assign-*"))
+    assert main(["seed-flows", path]) == 0
+    seeds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seeds["followed_here"] == 2 and seeds["seeds"] >= ref.max()
+    assert main(["assign-flows", path, "--blocks", "0-3"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (first["assigned"], first["kept"]) == (4, 0)
+    assert main(["assign-flows", path, "--blocks", "2-5"]) == 0  # a rerun keeps what is there
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["assigned"], again["kept"]) == (2, 2)
+    assert main(["follow-flows", path]) == 0  # assigns blocks 6.. itself
+    assert not (tmp_path / "work" / "flows-ends").exists() and not (tmp_path / "work" / "flows-scratch").exists()
+    assert main(["apply-lut", path, "--blocks", "all"]) == 0
+    assert main(["finalize", path, "--nopictures"]) == 0
+    out = load(tmp_path / "out.zarr")
+    assert np.array_equal(out, ref)
+    regions = (tmp_path / "out_report" / "regions.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in regions[1:]] == list(range(1, int(ref.max()) + 1))
+    removed = json.loads((tmp_path / "work" / "resolve.json").read_text())["flows"]["removed"]
+    if cellprob.ndim == 2:
+        assert removed["flow_threshold"] > 0  # the flow check dropped objects
+    else:  # holes filled; with seed 2 one takes a voxel of another object
+        assert removed["filled_voxels"] > 0 and (removed["voxels_taken_by_fills"] > 0) == name.endswith("blocks")
+
+
+def test_a_follow_flows_killed_after_filling_holes_gives_the_same_labels(model, tmp_path, monkeypatch) -> None:
+    """follow-flows writes the voxels of filled holes into the staging labels of
+    their blocks before it writes the lut; killed in between, its rerun must
+    not take those labels for seed labels."""
+    from flow_arrays import cellpose_masks
+    from pystitch.steps import flows_rule
+
+    dP, cellprob, block, settings = fixed_arrays("3-D, fills over small blocks")
+    ref = cellpose_masks(dP, cellprob, do_3D=True, **settings)
+    plan = fixed_flows_plan(model, tmp_path, dP, cellprob, block, settings)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(flows_rule, "write_lut", killed)
+        with pytest.raises(KeyboardInterrupt):
+            flows_rule.follow_step(plan.plan_path)
+    assert not (tmp_path / "work" / "lut.zarr").exists()
+    summary = flows_rule.follow_step(plan.plan_path)
+    assert summary["flows"]["removed"]["filled_voxels"] > 0
+    pystitch.apply_lut(plan.plan_path, "all")
+    pystitch.finalize(plan.plan_path, pictures=False)
+    assert np.array_equal(load(tmp_path / "out.zarr"), ref)
+
+
 def test_a_run_killed_while_writing_the_output_resumes_without_predicting_again(model, tmp_path, caplog) -> None:
     """The lut and output that follow-flows made are what a resumed `pystitch run`
     finishes: predict and the dynamics are not run again."""
@@ -324,8 +435,9 @@ def test_the_per_block_steps_refuse_a_flows_plan(model, tmp_path) -> None:
 @pytest.mark.nextflow
 def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) -> None:
     """``nextflow run main.nf --backend cellpose --rule flows``: predict-flows in
-    batches of blocks (writing one flow store side by side), follow-flows once
-    per image, apply-lut in batches; the published labels and regions table
+    batches of blocks (writing one flow store side by side), the trajectories
+    in batches, seed-flows once per image, assign-flows in batches,
+    follow-flows once per image, apply-lut in batches; the published labels and regions table
     are byte for byte those of ``pystitch run --rule flows`` on the same image;
     -resume caches every task."""
     from nf_support import assert_same_labels, ok, reference_run, step, summary_of, trace_rows
@@ -338,8 +450,8 @@ def test_the_pipeline_runs_the_flows_rule_as_tasks(model, nextflow, tmp_path) ->
                 "-with-trace", launch / "trace.txt", parser="v2"))
     rows = trace_rows(launch / "trace.txt")
     counts = {s: sum(step(r) == s for r in rows) for s in {step(r) for r in rows}}
-    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 3, "FOLLOW_BLOCKS": 3, "FOLLOW_FLOWS": 1, "APPLY_LUT": 3,
-                      "FINALIZE": 1}
+    assert counts == {"PLAN_BLOCKS": 1, "PREDICT_FLOWS": 3, "FOLLOW_BLOCKS": 3, "SEED_FLOWS": 1, "ASSIGN_BLOCKS": 3,
+                      "FOLLOW_FLOWS": 1, "APPLY_LUT": 3, "FINALIZE": 1}
 
     reference_run(path, tmp_path / "run.zarr", *[str(a).replace("_", "-") if str(a).startswith("--") else a
                                                  for a in settings])

@@ -8,13 +8,16 @@
  *                └─ batches + lut.zarr ─► APPLY_LUT ─► (per image) FINALIZE
  *
  * With --rule flows (Cellpose's dynamics followed across blocks: no seams, no
- * matching) two batch steps (the network; the trajectories) and a per-image
- * step (seeds, filters) take the place of segment, face-pairs and resolve, and
- * write the same lut.zarr:
+ * matching) three batch steps (the network; the trajectories; the labels from
+ * the seeds) and two per-image steps (seeds; filters) take the place of
+ * segment, face-pairs and resolve, and write the same lut.zarr:
  *
  *   PLAN_BLOCKS ─ batches ─► PREDICT_FLOWS (the network; the only GPU task)
  *               ─ batches ─► FOLLOW_BLOCKS (end points of each block's trajectories)
- *               ─► (per image) FOLLOW_FLOWS ─► lut.zarr ─► APPLY_LUT (every block) ─► FINALIZE
+ *               ─► (per image) SEED_FLOWS (seeds in the histogram of all end points: the region map)
+ *               ─ batches ─► ASSIGN_BLOCKS (each block's labels from the region map, per-object stats)
+ *               ─► (per image) FOLLOW_FLOWS (Cellpose's filters on whole objects) ─► lut.zarr
+ *               ─► APPLY_LUT (every block) ─► FINALIZE
  *
  * One task handles a batch of `blocks_per_task` blocks (listed by `pystitch
  * batches`, blocks planned empty left out), so 10^5 blocks are not 10^5 jobs.
@@ -42,6 +45,8 @@ include { RESOLVE          } from '../modules/local/resolve'
 include { PREDICT_FLOWS    } from '../modules/local/predict_flows'
 include { FOLLOW_BLOCKS    } from '../modules/local/follow_blocks'
 include { FOLLOW_FLOWS     } from '../modules/local/follow_flows'
+include { SEED_FLOWS       } from '../modules/local/seed_flows'
+include { ASSIGN_BLOCKS    } from '../modules/local/assign_blocks'
 include { APPLY_LUT        } from '../modules/local/apply_lut'
 include { FINALIZE         } from '../modules/local/finalize'
 
@@ -106,7 +111,8 @@ workflow PYSTITCH {
     if (params.rule == 'flows') {
         //
         // The flows rule: the network over each batch of blocks; when an image's flow store is complete, the
-        // trajectories of each batch; then seeds and Cellpose's filters over each image
+        // trajectories of each batch; the seeds of each image; the labels of each batch from them; then
+        // Cellpose's filters over the whole objects of each image
         //
         PREDICT_FLOWS(
             ch_batches.map { meta, plan, image, spec, estimates -> [ meta, plan, image, spec, estimates['predict-flows'] ] }
@@ -118,11 +124,24 @@ workflow PYSTITCH {
                 .map { meta, plan, _image, spec, estimates, predicted -> [ meta, plan, predicted, spec, estimates['follow-blocks'] ] }
         )
 
-        FOLLOW_FLOWS(
+        SEED_FLOWS(
             ch_plan
                 .join(gatherPerImage(FOLLOW_BLOCKS.out.json, ch_counts))
                 .join(ch_estimates)
-                .map { meta, plan, followed, estimates -> [ meta, plan, followed, estimates['follow-flows'] ] }
+                .map { meta, plan, followed, estimates -> [ meta, plan, followed, estimates['seed-flows'] ] }
+        )
+
+        ASSIGN_BLOCKS(
+            ch_batches
+                .combine(SEED_FLOWS.out.json, by: 0)
+                .map { meta, plan, _image, spec, estimates, seeds -> [ meta, plan, seeds, spec, estimates['assign-blocks'] ] }
+        )
+
+        FOLLOW_FLOWS(
+            ch_plan
+                .join(gatherPerImage(ASSIGN_BLOCKS.out.json, ch_counts))
+                .join(ch_estimates)
+                .map { meta, plan, assigned, estimates -> [ meta, plan, assigned, estimates['follow-flows'] ] }
         )
         ch_lut      = FOLLOW_FLOWS.out.lut
         ch_resolved = FOLLOW_FLOWS.out.json

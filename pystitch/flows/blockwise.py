@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,13 +36,13 @@ import numpy as np
 from ..errors import InputError, PlanMismatchError, StagingError
 from ..progress import advance
 from ..storage.files import atomic_write_bytes, atomic_write_npz, read_npz
-from .assign import assign_ends, block_labels, merge_object_stats, object_stats
+from .assign import ObjectStats, assign_ends, block_labels, merge_object_stats, object_stats
 from .dynamics import Dynamics
 from .filters import Resolution, resolve_masks
 from .follow import FollowedBlock, endpoint_histogram, follow_block
 from .seeds import GROW_STEPS, MAX_BOX, Histogram, Seeds, find_seeds, grow_seeds, merge_histograms, rank_seeds, region_map
 
-__all__ = ["BlockwiseReport", "EndPointFiles", "block_grid", "masks_blockwise"]
+__all__ = ["BlockwiseReport", "EndPointFiles", "SeedMap", "assign_block", "block_grid", "masks_blockwise", "seed_map"]
 
 #: a region's seeds and their growth need the histogram this far around it
 SEED_MARGIN = GROW_STEPS + MAX_BOX // 2
@@ -100,6 +101,11 @@ class EndPointFiles:
     followed.  Files of another stamp (another plan) or of another core are
     refused, never used; files of another ``source`` (flows predicted again
     since) are stale: the block is followed again and its files replaced.
+
+    The later steps keep theirs there too: ``regions.npz``, the region map of
+    the seeds (with an id of its own), and per block ``assign-<b>.npz``, the
+    per-object stats of its seed labels, written after its labels and
+    naming the region map they came from (another map's are stale).
     """
 
     def __init__(self, directory: str | os.PathLike, stamp: str = "", source: str = "") -> None:
@@ -155,6 +161,85 @@ class EndPointFiles:
         followed = FollowedBlock(lo, hi, np.empty(0, np.int64), int(d["n_escaped"]),
                                  tuple(int(v) for v in d["reach"]), tuple(int(v) for v in d["halo"]))
         return followed, (d["positions"].astype(np.int64), d["counts"].astype(np.int64)), n
+
+    @property
+    def regions_path(self) -> str:
+        return os.path.join(self.directory, "regions.npz")
+
+    def assigned_path(self, block: int) -> str:
+        return os.path.join(self.directory, f"assign-{int(block)}.npz")
+
+    def save_regions(self, regions: "SeedMap", measured: dict) -> str:
+        """Write the region map (with what the follow measured over all
+        blocks, ``measured``: name -> int or int array); returns its id, which
+        the assignments made from it carry."""
+        regions_id = uuid.uuid4().hex
+        atomic_write_npz(self.regions_path, {
+            "stamp": np.array(self.stamp), "source": np.array(self.source), "regions_id": np.array(regions_id),
+            "positions": regions.positions, "labels": regions.labels, "n_seeds": np.int64(regions.n_seeds),
+            **{f"measured_{k}": np.asarray(v, np.int64) for k, v in measured.items()}})
+        return regions_id
+
+    def load_regions(self) -> tuple["SeedMap", str, dict] | None:
+        """``(region map, its id, what the follow measured)`` when a region map
+        of this plan and these flows is there, else None (none, or stale)."""
+        if not os.path.exists(self.regions_path):
+            return None
+        d = read_npz(self.regions_path, "the region map of the seeds",
+                     ("stamp", "source", "regions_id", "positions", "labels", "n_seeds"))
+        if str(d["stamp"]) != self.stamp:
+            raise PlanMismatchError(f"Expected the region map of plan {self.stamp} at {self.regions_path}. Got that "
+                                    f"of plan {d['stamp']} instead: remove {self.directory} or use the work "
+                                    "directory of that plan.")
+        if str(d["source"]) != self.source:
+            return None  # from flows predicted again since: stale
+        positions, labels = d["positions"].astype(np.int64), d["labels"].astype(np.int64)
+        if positions.shape != labels.shape or positions.ndim != 1:
+            raise StagingError(f"The region map {self.regions_path} holds {positions.shape} positions and "
+                               f"{labels.shape} labels; it is corrupt. Remove it and run seed-flows again.")
+        measured = {k[len("measured_"):]: v for k, v in d.items() if k.startswith("measured_")}
+        return SeedMap(positions, labels, int(d["n_seeds"])), str(d["regions_id"]), measured
+
+    def save_assigned(self, block: int, lo: Sequence[int], hi: Sequence[int], stats: ObjectStats,
+                      regions_id: str) -> None:
+        """Mark block ``block`` assigned from region map ``regions_id``: the
+        per-object stats of its seed labels (whose sorted ``labels`` are also
+        what its local ids 1..n stand for), written after its labels."""
+        atomic_write_npz(self.assigned_path(block), {
+            "stamp": np.array(self.stamp), "source": np.array(self.source), "regions_id": np.array(regions_id),
+            "lo": np.asarray(lo, np.int64), "hi": np.asarray(hi, np.int64), "labels": stats.labels,
+            "count": stats.count, "first": stats.first, "last": stats.last, "box_lo": stats.lo, "box_hi": stats.hi})
+
+    def load_assigned(self, block: int, lo: Sequence[int], hi: Sequence[int], regions_id: str
+                      ) -> ObjectStats | None:
+        """The stats of block ``block`` when it was assigned from region map
+        ``regions_id`` (of this plan, this core), else None."""
+        path = self.assigned_path(block)
+        if not os.path.exists(path):
+            return None
+        d = read_npz(path, f"the assignment of block {block}",
+                     ("stamp", "source", "regions_id", "lo", "hi", "labels", "count", "first", "last", "box_lo",
+                      "box_hi"))
+        if str(d["stamp"]) != self.stamp:
+            raise PlanMismatchError(f"Expected the assignment of block {block} of plan {self.stamp} at {path}. "
+                                    f"Got that of plan {d['stamp']} instead.")
+        if str(d["source"]) != self.source or str(d["regions_id"]) != regions_id:
+            return None  # from another region map: stale, assigned again
+        lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+        if tuple(d["lo"].tolist()) != lo or tuple(d["hi"].tolist()) != hi:
+            raise PlanMismatchError(f"Expected the assignment of block {block} with core {lo}..{hi} at {path}. "
+                                    f"Got that of core {tuple(d['lo'].tolist())}..{tuple(d['hi'].tolist())} "
+                                    "instead (another block grid).")
+        return ObjectStats(d["labels"].astype(np.int64), d["count"].astype(np.int64), d["first"].astype(np.int64),
+                           d["last"].astype(np.int64), d["box_lo"].astype(np.int64).reshape(len(lo), -1),
+                           d["box_hi"].astype(np.int64).reshape(len(lo), -1))
+
+    def forget_assigned(self, block: int) -> None:
+        """The block's labels are about to change: it counts as not assigned."""
+        try:
+            os.remove(self.assigned_path(block))
+        except FileNotFoundError:
+            pass
 
     def ends(self, block: int) -> np.ndarray:
         """The block's end points, memory-mapped."""
@@ -258,31 +343,9 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
             files.save(b, followed[b], pieces[b])
             followed[b] = dataclasses.replace(followed[b], ends=np.empty(0, np.int64))
 
-    # 2. seeds per region, from the pieces that reach it
-    region_hist: dict[int, Histogram] = {}
-    region_seeds: dict[int, Seeds] = {}
-    for r in order:
-        lo, hi = grid[r]
-        grown = (tuple(max(0, a - SEED_MARGIN) for a in lo), tuple(min(s, b + SEED_MARGIN) for b, s in zip(hi, shape)))
-        hist = merge_histograms(_clip(pieces[b], shape, grown) for b in order)
-        region_hist[r] = hist
-        region_seeds[r] = find_seeds(hist, shape, region=(lo, hi))
-
-    # 3. rank all seeds (C order of positions, as cellpose)
-    positions = np.concatenate([region_seeds[r].positions for r in order])
-    counts = np.concatenate([region_seeds[r].counts for r in order])
-    by_position = np.argsort(positions)
-    all_seeds = Seeds(positions[by_position], counts[by_position])
-    labels = rank_seeds(all_seeds, argsort)
-
-    # 4. grow each region's seeds; merge the region map (highest label wins)
-    map_pieces = []
-    for r in order:
-        seeds = region_seeds[r]
-        which, where = grow_seeds(region_hist[r], seeds, shape)
-        seed_labels = labels[np.searchsorted(all_seeds.positions, seeds.positions)]
-        map_pieces.append((where, seed_labels[which]))
-    map_positions, map_labels = region_map(map_pieces)
+    # 2-4. seeds per region, ranked over the image, grown into the region map
+    regions = seed_map(pieces, grid, shape, order, argsort)
+    map_positions, map_labels = regions.positions, regions.labels
 
     # 5. assign: seed labels per block (the staging store) and per-object stats
     if staged is None:
@@ -294,13 +357,8 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
     for b in order:
         lo, hi = grid[b]
         box = tuple(slice(a, c) for a, c in zip(lo, hi))
-        foreground = cellprob[box] > cellprob_threshold
         block_ends = followed[b].ends if files is None else files.ends(b)
-        if block_ends.size != int(np.count_nonzero(foreground)):
-            raise StagingError(f"Expected {int(np.count_nonzero(foreground))} end points of block {b}, one per "
-                               f"foreground voxel of its core. Got {block_ends.size} instead: they were followed "
-                               "on other flows.")
-        block_seed_labels = block_labels(foreground, assign_ends(block_ends, map_positions, map_labels))
+        block_seed_labels = assign_block(block_ends, cellprob[box] > cellprob_threshold, regions, b)
         del block_ends
         staged[box] = block_seed_labels
         stats_pieces.append(object_stats(block_seed_labels, lo, shape))
@@ -334,12 +392,79 @@ def masks_blockwise(dP: np.ndarray, cellprob: np.ndarray, block: Sequence[int], 
         n_escaped=sum(f.n_escaped for f in followed.values()),
         n_foreground=sum(n_foreground.values()),
         n_histogram_entries=sum(p[0].size for p in pieces.values()),
-        n_seeds=int(all_seeds.positions.size),
+        n_seeds=regions.n_seeds,
         n_region_entries=int(map_positions.size),
         n_objects=resolution.n_objects,
         removed=resolution.removed,
     )
     return out, report, resolution
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedMap:
+    """The region map of the whole image: sorted global flat ``positions`` of
+    the histogram voxels some seed's growth reaches, and the ``labels`` of
+    the highest-ranked seed reaching each (seed labels are ranks 1..n, as
+    cellpose numbers them before renumbering); ``n_seeds`` seeds in all."""
+
+    positions: np.ndarray
+    labels: np.ndarray
+    n_seeds: int
+
+
+def seed_map(pieces: dict[int, tuple[np.ndarray, np.ndarray]],
+             grid: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], shape: Sequence[int],
+             order: Sequence[int] | None = None, argsort: str = "torch") -> SeedMap:
+    """Seeds found per region (a core of ``grid``) in the histogram ``pieces``
+    (of every block) that reach it, ranked over the whole image as cellpose
+    ranks them, grown into the region map (steps 2-4 of the module).
+    ``order`` permutes the regions (same result)."""
+    shape = tuple(int(s) for s in shape)
+    order = list(range(len(grid))) if order is None else [int(i) for i in order]
+    # each piece's bounding box: a region takes only the pieces that can reach it
+    boxes = np.zeros((len(grid), 2, len(shape)), np.int64)
+    boxes[:, 0], boxes[:, 1] = np.iinfo(np.int64).max, -1
+    for b in order:
+        if pieces[b][0].size:
+            coords = np.unravel_index(pieces[b][0], shape)
+            boxes[b, 0] = [int(c.min()) for c in coords]
+            boxes[b, 1] = [int(c.max()) for c in coords]
+    region_hist: dict[int, Histogram] = {}
+    region_seeds: dict[int, Seeds] = {}
+    for r in order:
+        lo, hi = grid[r]
+        grown = (tuple(max(0, a - SEED_MARGIN) for a in lo), tuple(min(s, b + SEED_MARGIN) for b, s in zip(hi, shape)))
+        near = np.all((boxes[:, 1] >= np.asarray(grown[0])) & (boxes[:, 0] < np.asarray(grown[1])), axis=1)
+        hist = merge_histograms(_clip(pieces[b], shape, grown) for b in order if near[b])
+        region_hist[r] = hist
+        region_seeds[r] = find_seeds(hist, shape, region=(lo, hi))
+
+    # rank all seeds (C order of positions, as cellpose)
+    positions = np.concatenate([region_seeds[r].positions for r in order])
+    counts = np.concatenate([region_seeds[r].counts for r in order])
+    by_position = np.argsort(positions)
+    all_seeds = Seeds(positions[by_position], counts[by_position])
+    labels = rank_seeds(all_seeds, argsort)
+
+    # grow each region's seeds; merge the region map (highest label wins)
+    map_pieces = []
+    for r in order:
+        seeds = region_seeds[r]
+        which, where = grow_seeds(region_hist[r], seeds, shape)
+        seed_labels = labels[np.searchsorted(all_seeds.positions, seeds.positions)]
+        map_pieces.append((where, seed_labels[which]))
+    map_positions, map_labels = region_map(map_pieces)
+    return SeedMap(map_positions, map_labels, int(all_seeds.positions.size))
+
+
+def assign_block(ends: np.ndarray, foreground: np.ndarray, regions: SeedMap, block: int = -1) -> np.ndarray:
+    """The seed labels (int64) of a core from the end points of its
+    ``foreground`` voxels (C order) and the region map (step 5)."""
+    n = int(np.count_nonzero(foreground))
+    if ends.size != n:
+        raise StagingError(f"Expected {n} end points of block {block}, one per foreground voxel of its core. "
+                           f"Got {ends.size} instead: they were followed on other flows.")
+    return block_labels(foreground, assign_ends(ends, regions.positions, regions.labels))
 
 
 def _clip(piece: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...],

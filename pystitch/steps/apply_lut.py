@@ -59,8 +59,8 @@ def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids:
     """Per-object statistics of one block in final ids.
 
     ``local`` holds ids ``0..n``; ``final_ids[k]`` is the final id of local id
-    ``k + 1``.  Objects that two local ids share (joined through other blocks)
-    are summed.  Coordinates are global (``origin`` is the block's corner).
+    ``k + 1`` (0: removed, counted nowhere).  Objects that two local ids share
+    (joined through other blocks) are summed.  Coordinates are global (``origin`` is the block's corner).
     ``image``: the block's intensities (channel-first when several), for the
     sum and maximum of each object per channel (``isum``, ``imax``).
     """
@@ -82,6 +82,8 @@ def block_regions(local: np.ndarray, n: int, origin: tuple[int, ...], final_ids:
         isum, imax = intensity_stats(local, n, image)
         out["isum"] = np.add.reduceat(isum[order], starts, axis=0)
         out["imax"] = np.maximum.reduceat(imax[order], starts, axis=0)
+    if len(ids) and ids[0] == 0:  # local ids whose objects the lut removes (the flows rule's filters)
+        out = {k: v[1:] for k, v in out.items()}
     return out
 
 

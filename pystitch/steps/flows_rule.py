@@ -9,27 +9,38 @@ Cellpose computes on the whole image, block by block:
    what ``CellposeModel.eval`` returns for the whole image -- into
    the flow store (:mod:`pystitch.storage.flowstore`, float32, chunked like the
    blocks, stamped with the plan hash);
-2. dynamics (:func:`labels_from_flows`): :func:`pystitch.flows.blockwise.masks_blockwise`
-   reading the flow store box by box: trajectories end at global positions,
-   seeds are found and ranked globally, Cellpose's filters are applied to whole
-   objects.  Every block's final labels go to the staging store as local ids
-   ``1..n`` with a lut of their final ids, so that apply-lut and finalize
-   write a normal pystitch output (labels, pyramid, regions, summary).
+2. dynamics (:func:`labels_from_flows`), the composition of
+   :mod:`pystitch.flows.blockwise` over the flow store, box by box:
+   trajectories end at global positions (follow), seeds are found and ranked
+   globally and grown into a region map (:func:`seed_regions`), every block
+   is labelled by the seed region its end points fall in (:func:`assign_blocks`:
+   the staging labels, as local ids ``1..n`` of the seed labels present, and
+   per-object stats), Cellpose's filters are applied to whole objects from
+   those stats and crops of single objects; the lut maps each block's seed
+   labels to their final ids, so that apply-lut and finalize write a normal
+   pystitch output (labels, pyramid, regions, summary).
 
-``pystitch run`` runs both stages in its own process (the trajectories in its
-worker processes when it has two or more); a workflow runs
-:func:`predict_step` (``predict-flows --blocks``, the network: the only step
-that wants a GPU) in batches of blocks writing the one flow store plan-blocks
-created, then :func:`follow_step` on the CPU: ``follow-flows --blocks`` in
-batches (the trajectories: each block's end points into the work directory,
-``flows-ends``, :class:`pystitch.flows.blockwise.EndPointFiles`), then
-``follow-flows`` once (seeds, filters, lut; a block no task followed is
-followed there), then apply-lut and finalize as for any rule.  A rerun of
-either reuses what is complete: predict a complete flow store of the plan,
-follow the lut and partial output it made (never recreating an output
-apply-lut has written) and the end points of blocks already followed;
-predict killed halfway goes on with the blocks its flow store has not marked
-written (:meth:`pystitch.storage.flowstore.FlowStore.blocks_done`).
+``pystitch run`` runs both stages in its own process (the trajectories and
+the assignment in its worker processes when it has two or more); a workflow
+runs :func:`predict_step` (``predict-flows --blocks``, the network: the only
+step that wants a GPU) in batches of blocks writing the one flow store
+plan-blocks created, then on the CPU: ``follow-flows --blocks`` in batches
+(:func:`follow_step`: the trajectories, each block's end points into the work
+directory, ``flows-ends``, :class:`pystitch.flows.blockwise.EndPointFiles`),
+``seed-flows`` once (:func:`seed_step`: the region map, ``flows-ends/regions.npz``),
+``assign-flows --blocks`` in batches (:func:`assign_step`), then
+``follow-flows`` once (filters and lut; whatever no task did -- a block not
+followed or not assigned, the region map -- is done there), then apply-lut
+and finalize as for any rule.  A rerun of any of them reuses what is
+complete: predict a complete flow store of the plan, follow the lut and
+partial output it made (never recreating an output apply-lut has written),
+the end points of blocks already followed, the region map of these flows and
+the blocks assigned from it; predict killed halfway goes on with the blocks
+its flow store has not marked written
+(:meth:`pystitch.storage.flowstore.FlowStore.blocks_done`).  A block's
+files are written before the file that marks it done, and what was made
+from other flows (predicted again since) or from another region map is
+done again, never taken.
 
 Each task runs in one process.  Memory: predict holds the network
 output of the tiles between the blocks blended and those to come (3 float32
@@ -37,11 +48,13 @@ per network-space voxel, plus the tiles' 10 % overlap; in 3-D for each of the
 three orientations): a tile is dropped after the last block that reads it, so
 in C order of blocks about a slab of the image one block plus one tile thick
 when planes are many tiles wide, up to the whole image when a forward batch
-spans whole planes (small images); the dynamics hold what ``masks_blockwise`` holds (the
-histogram pieces, seeds and per-object statistics; the end point of every
-foreground voxel and the int64 seed labels of the image wait in files of the
-work directory, ``flows-ends`` and ``flows-scratch``, memory-mapped), never
-the flows of the whole image.
+spans whole planes (small images); seed-flows holds the histogram pieces of every block (16 bytes per distinct
+end point) and the region map; assign-flows one block's end points, cell
+probability and labels at a time; follow-flows the per-object stats of every
+block (48 + 16 ndim bytes per object and block) and one block at a time (the
+int64 seed labels of the image wait in a file of the work directory,
+``flows-scratch``, memory-mapped, for the filters' crops), never the flows
+of the whole image.
 """
 
 from __future__ import annotations
@@ -60,11 +73,14 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import InputError, LabelOverflowError, StagingError
-from ..flows.blockwise import EndPointFiles, block_grid, follow_blocks, masks_blockwise
+from ..flows.assign import merge_object_stats, object_stats
+from ..flows.blockwise import EndPointFiles, SeedMap, assign_block, block_grid, follow_blocks, seed_map
 from ..flows.dynamics import installed_dynamics, niter_for
+from ..flows.filters import Resolution, resolve_masks
 from ..flows.predict import Geometry, StreamReport, batch_input, stream_blocks
 from ..grid import parse_block_ids
 from ..plan import Plan
+from ..progress import advance
 from ..storage.files import atomic_write_json, exists, read_json, remove_path
 from ..storage.flowstore import FlowStore
 from ..storage.images import open_image
@@ -151,63 +167,162 @@ def store_niter(plan: Plan, store: FlowStore) -> int:
         backend.close()
 
 
+def _grid(plan: Plan) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    grid = [_bounds(plan, b) for b in range(plan.n_blocks)]
+    if block_grid(plan.shape, plan.block_shape) != grid:  # the dynamics cut the same cores
+        raise AssertionError("the plan's cores are not the regular grid of its block shape")
+    return grid
+
+
+def _files(plan: Plan, store: FlowStore) -> EndPointFiles:
+    plan.flows_ends.mkdir(parents=True, exist_ok=True)
+    return EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
+
+
+def seed_regions(plan: Plan, store: FlowStore, niter: int, files: EndPointFiles) -> tuple[SeedMap, str, dict]:
+    """The region map of the seeds: the one in ``files`` when it is there for
+    these flows, else made from every block's histogram of end points (a
+    block no follow-flows --blocks task followed is followed here) and
+    written there.  Returns ``(map, its id, what the follow measured)``."""
+    loaded = files.load_regions()
+    if loaded is not None:
+        return loaded
+    s = plan.flows_settings()
+    grid = _grid(plan)
+    done = follow_blocks(store.dP, store.cellprob, range(plan.n_blocks), grid, files, installed_dynamics(),
+                         halo=plan.halo, niter=niter, cellprob_threshold=s["cellprob_threshold"])
+    pieces = {}
+    for b, (lo, hi) in enumerate(grid):
+        loaded_block = files.load(b, lo, hi)
+        if loaded_block is None:  # removed or replaced while this task ran
+            raise StagingError(f"Expected the end points of block {b} in {files.directory} (followed a moment "
+                               "ago). Got none: is another follow-flows running on this work directory?")
+        pieces[b] = loaded_block[1]
+    regions = seed_map(pieces, grid, plan.shape)
+    measured = {"followed_here": done["followed"], "foreground_voxels": done["foreground"],
+                "escaped_trajectories": done["escaped"], "reach": done["reach"],
+                "histogram_entries": sum(p[0].size for p in pieces.values())}
+    del pieces
+    regions_id = files.save_regions(regions, measured)
+    log.info("seeds: %d from %d histogram entries (%d blocks followed here) -> %s", regions.n_seeds,
+             measured["histogram_entries"], done["followed"], files.regions_path)
+    return regions, regions_id, measured
+
+
+def assign_blocks(plan: Plan, store: FlowStore, files: EndPointFiles, regions: SeedMap, regions_id: str,
+                  ids: Sequence[int], staging: Staging | None = None) -> dict:
+    """Blocks ``ids`` labelled by the seed region their end points fall in:
+    each core's seed labels into the staging store as local ids ``1..n``
+    (the sorted seed labels present), then its per-object stats into
+    ``files`` (what marks it assigned).  Blocks already assigned from this
+    region map are kept.  Returns ``{"assigned", "kept"}``."""
+    s = plan.flows_settings()
+    grid = _grid(plan)
+    staging = staging if staging is not None else Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
+    done = {"assigned": 0, "kept": 0}
+    for b in ids:
+        lo, hi = grid[b]
+        if files.load_assigned(b, lo, hi, regions_id) is not None:
+            done["kept"] += 1
+            advance("assign")
+            continue
+        core = plan.grid.core(b)
+        labels = assign_block(files.ends(b), np.asarray(store.cellprob[core]) > s["cellprob_threshold"], regions, b)
+        stats = object_stats(labels, lo, plan.shape)
+        local = np.zeros(labels.shape, np.uint32)
+        nz = labels > 0
+        local[nz] = np.searchsorted(stats.labels, labels[nz]) + 1
+        del labels, nz
+        staging.core[core] = local
+        files.save_assigned(b, lo, hi, stats, regions_id)
+        done["assigned"] += 1
+        advance("assign")
+    return done
+
+
 def labels_from_flows(plan: Plan, store: FlowStore, niter: int, out: str | os.PathLike | None = None) -> dict:
     """Cellpose's dynamics (``niter`` steps) on the flow store, block by block;
     writes the staging labels, the lut (at ``out``, default the plan's) and
     the partial output that apply-lut and finalize take.  Returns what the
-    dynamics measured (for the summary)."""
+    dynamics measured (for the summary).
+
+    What seed-flows and assign-flows tasks left in the work directory (the
+    region map, the blocks assigned from it) is taken; what they did not do
+    is done here.  Then Cellpose's filters over the whole objects, from the
+    blocks' per-object stats and crops of single objects; the lut maps each
+    block's seed labels to their final ids, and the few voxels a filled hole
+    gives another id are written into the staging labels of their block.
+    """
     s = plan.flows_settings()
+    shape = tuple(plan.shape)
     staging = Staging(plan.staging_uri, plan.grid, plan.hash, mode="r+")
-    block_of = {_bounds(plan, b)[0]: b for b in range(plan.n_blocks)}
-    ids: dict[int, np.ndarray] = {}
+    files = _files(plan, store)
+    regions, regions_id, measured = seed_regions(plan, store, niter, files)
+    assign_blocks(plan, store, files, regions, regions_id, range(plan.n_blocks), staging)
+    grid = _grid(plan)
+    per_block = []
+    for b, (lo, hi) in enumerate(grid):
+        stats = files.load_assigned(b, lo, hi, regions_id)
+        if stats is None:
+            raise StagingError(f"Expected the assignment of block {b} in {files.directory} (made a moment ago). "
+                               "Got none: is another follow-flows running on this work directory?")
+        per_block.append(stats)
+    merged = merge_object_stats(per_block, plan.ndim)
 
-    def sink(lo: tuple[int, ...], hi: tuple[int, ...], labels: np.ndarray) -> None:
-        b = block_of[tuple(lo)]
-        present = np.unique(labels)
-        present = present[present > 0]
-        local = np.zeros(labels.shape, np.uint32)
-        nz = labels > 0
-        local[nz] = np.searchsorted(present, labels[nz]) + 1
-        staging.core[plan.grid.core(b)] = local
-        ids[b] = present.astype(np.uint64)
-
-    # the seed labels (8 bytes per voxel) and the end points (8 bytes per foreground voxel) wait in files:
-    # pages the kernel can write out and drop, not the process's own memory. The end points of blocks that
-    # follow-flows --blocks tasks (or a killed run) left are taken; the seed labels are ours alone, recreated
-    ends = EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
-    plan.flows_ends.mkdir(parents=True, exist_ok=True)
+    # the filters read crops of single objects' seed labels: from a file (8 bytes per voxel) the kernel can
+    # write out and drop, filled once from the staging labels, not the process's own memory
     scratch = plan.flows_scratch
     remove_path(scratch)
     scratch.mkdir(parents=True)
-    staged = np.lib.format.open_memmap(scratch / "seedlabels.npy", mode="w+", dtype=np.int64,
-                                       shape=tuple(plan.shape))
+    staged = np.lib.format.open_memmap(scratch / "seedlabels.npy", mode="w+", dtype=np.int64, shape=shape)
     try:
-        _, report, resolution = masks_blockwise(
-            store.dP, store.cellprob, plan.block_shape, installed_dynamics(), halo=plan.halo, niter=niter,
-            cellprob_threshold=s["cellprob_threshold"], flow_threshold=s["flow_threshold"], min_size=s["min_size"],
-            max_size_fraction=s["max_size_fraction"], do_3D=s["do_3D"], sink=sink, staged=staged,
-            ends=ends)
+        for b, stats in enumerate(per_block):
+            core = plan.grid.core(b)
+            staged[core] = np.concatenate([np.zeros(1, np.int64), stats.labels])[staging.core[core]]
+
+        def read_labels(lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+            return staged[tuple(slice(a, c) for a, c in zip(lo, hi))]
+
+        def read_flows(lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+            return store.dP[(slice(None),) + tuple(slice(a, c) for a, c in zip(lo, hi))]
+
+        resolution = resolve_masks(merged, shape, installed_dynamics(), read_labels=read_labels,
+                                   read_flows=read_flows, flow_threshold=s["flow_threshold"],
+                                   min_size=s["min_size"], max_size_fraction=s["max_size_fraction"],
+                                   do_3D=s["do_3D"])
     finally:
         del staged
         remove_path(scratch)
 
-    counts = np.array([ids[b].size for b in range(plan.n_blocks)], np.uint64)
+    # each block's lut: the final id of every seed label present; filled holes patched into the staging labels
+    patches = _patches_by_block(plan, resolution)
+    ids: list[np.ndarray] = []
+    voxels = np.zeros(plan.n_blocks, np.uint64)
+    for b, stats in enumerate(per_block):
+        final = resolution.lut[np.searchsorted(resolution.seed_labels, stats.labels)].astype(np.uint64)
+        if b in patches:
+            final, voxels[b] = _patch_block(plan, staging, files, b, final, *patches[b])
+        else:
+            voxels[b] = int(stats.count.sum())
+        ids.append(final)
+
+    counts = np.array([a.size for a in ids], np.uint64)
     offsets = np.zeros(plan.n_blocks + 1, np.uint64)
     np.cumsum(counts, out=offsets[1:])
     n_prov = int(offsets[-1])
     n_final = int(resolution.n_objects)
     dtype = _dtype(plan.label_dtype, n_final)
-    voxels = np.array([int(np.count_nonzero(staging.core[plan.grid.core(b)])) if counts[b] else 0
-                       for b in range(plan.n_blocks)], np.uint64)
-    lut = np.concatenate([np.zeros(1, np.uint64)] + [ids[b] for b in range(plan.n_blocks)])
+    lut = np.concatenate([np.zeros(1, np.uint64)] + ids)
     inputs = flows_inputs(plan)
-    info = {"objects": n_final, "seeds": int(report.n_seeds), "reach": [int(r) for r in report.reach],
-            "escaped_trajectories": int(report.n_escaped), "foreground_voxels": int(report.n_foreground),
-            "removed": {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in report.removed.items()},
+    info = {"objects": n_final, "seeds": int(regions.n_seeds),
+            "reach": [int(r) for r in np.asarray(measured["reach"]).ravel()],
+            "escaped_trajectories": int(measured["escaped_trajectories"]),
+            "foreground_voxels": int(measured["foreground_voxels"]),
+            "removed": {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in resolution.removed.items()},
             "niter": niter}
     attrs = {"plan_hash": plan.hash, "n_objects": n_final, "n_provisional": n_prov,
-             "merges": n_prov - n_final, "pairs": 0, "pystitch": __version__, "inputs": inputs,
-             "flows": info}  # what finalize puts into the summary
+             "merges": int(np.count_nonzero(lut)) - n_final, "pairs": 0, "pystitch": __version__,
+             "inputs": inputs, "flows": info}  # what finalize puts into the summary
     LabelOutput.create(plan.partial_output, plan.label_layout(), dtype, plan.hash)
     write_lut(str(out) if out is not None else plan.lut_uri, [lut], n_prov + 1, offsets, dtype, attrs,
               extra={"voxels": voxels})
@@ -219,8 +334,47 @@ def labels_from_flows(plan: Plan, store: FlowStore, niter: int, out: str | os.Pa
         log.warning("could not remove the end points in %s (%s); they are removed with the work directory",
                     plan.flows_ends, exc)
     log.info("flows: %d objects from %d seeds (%d trajectories followed again in a larger window)",
-             n_final, report.n_seeds, report.n_escaped)
+             n_final, regions.n_seeds, info["escaped_trajectories"])
     return info
+
+
+def _patches_by_block(plan: Plan, resolution: Resolution) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The filled-hole voxels (global flat indices, final ids) grouped by the block whose core holds them."""
+    if resolution.patch_positions.size == 0:
+        return {}
+    coords = np.stack(np.unravel_index(resolution.patch_positions, tuple(plan.shape)))
+    block = np.asarray(plan.block_shape, np.int64)[:, None]
+    dims = tuple(-(-int(s) // int(k)) for s, k in zip(plan.shape, plan.block_shape))
+    which = np.ravel_multi_index(tuple(coords // block), dims)
+    out = {}
+    for b in np.unique(which):
+        sel = which == b
+        out[int(b)] = (resolution.patch_positions[sel], resolution.patch_ids[sel])
+    return out
+
+
+def _patch_block(plan: Plan, staging: Staging, files: EndPointFiles, b: int, final: np.ndarray,
+                 positions: np.ndarray, patch_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Give the filled-hole voxels of block ``b`` their final ids in its
+    staging labels: an id the block's lut has keeps its local id, another
+    is added to the lut.  Returns the block's lut and its labelled voxels.
+
+    The block counts as not assigned from here on, so that a follow-flows
+    killed before it writes the lut assigns it again (from its end points)
+    rather than take patched labels for seed labels."""
+    files.forget_assigned(b)
+    core = plan.grid.core(b)
+    local = np.asarray(staging.core[core])
+    lo = np.array([s.start for s in core], np.int64)[:, None]
+    where = tuple(np.stack(np.unravel_index(positions, tuple(plan.shape))) - lo)
+    table = {int(f): k + 1 for k, f in enumerate(final.tolist()) if f}
+    extra = [int(f) for f in np.unique(patch_ids) if f and int(f) not in table]
+    for k, f in enumerate(extra):
+        table[f] = final.size + k + 1
+    table[0] = 0
+    local[where] = np.array([table[int(f)] for f in patch_ids], np.uint32)
+    staging.core[core] = local
+    return np.concatenate([final, np.asarray(extra, np.uint64)]), int(np.count_nonzero(local))
 
 
 def _dtype(label_dtype: str, n_final: int) -> np.dtype:
@@ -297,6 +451,54 @@ def follow_step(plan: Plan | str | os.PathLike, blocks: Any = None, *, out: str 
     return summary
 
 
+def seed_step(plan: Plan | str | os.PathLike) -> dict:
+    """``seed-flows``: the seeds of the whole image, found in the histogram of
+    end points of every block (the blocks no follow-flows --blocks task
+    followed are followed here), ranked and grown into the region map that
+    assign-flows tasks label their blocks from (``flows-ends/regions.npz``
+    in the work directory).  Returns what it did."""
+    t0 = time.perf_counter()
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_flows_rule("seed-flows")
+    if already_followed(plan) is not None:
+        log.info("the lut of this plan's flows exists (%s): nothing to do", plan.lut_uri)
+        return {"plan_hash": plan.hash, "lut_exists": True, "seconds": round(time.perf_counter() - t0, 4)}
+    store = _complete_flow_store(plan)
+    files = _files(plan, store)
+    regions, _, measured = seed_regions(plan, store, store_niter(plan, store), files)
+    return {"plan_hash": plan.hash, "seeds": regions.n_seeds, "region_entries": int(regions.positions.size),
+            "followed_here": int(measured["followed_here"]), "regions": files.regions_path,
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def assign_step(plan: Plan | str | os.PathLike, blocks: Any) -> dict:
+    """``assign-flows --blocks``: the blocks labelled by the seed region their
+    end points fall in, from the region map seed-flows made: the staging
+    labels of each core and its per-object stats (in ``flows-ends``), which
+    follow-flows takes instead of assigning those blocks itself.  Returns
+    what it did."""
+    t0 = time.perf_counter()
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan.require_flows_rule("assign-flows")
+    ids = parse_block_ids(blocks, plan.n_blocks)
+    if already_followed(plan) is not None:
+        log.info("the lut of this plan's flows exists (%s): nothing to do", plan.lut_uri)
+        return {"plan_hash": plan.hash, "blocks": len(ids), "assigned": 0, "kept": 0, "lut_exists": True,
+                "seconds": round(time.perf_counter() - t0, 4)}
+    store = _complete_flow_store(plan)
+    files = EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
+    loaded = files.load_regions()
+    if loaded is None:  # a partial result is never consumed: no map, or one made from other flows
+        raise StagingError(f"Expected the region map of the seeds of this plan's flows at {files.regions_path}. "
+                           "Got none (or one made from flows predicted again since): run seed-flows on this plan "
+                           "first.")
+    regions, regions_id, _ = loaded
+    done = assign_blocks(plan, store, files, regions, regions_id, ids)
+    log.info("assigned %d blocks (%d kept from an earlier assign) -> %s", done["assigned"], done["kept"],
+             plan.staging_uri)
+    return {"plan_hash": plan.hash, "blocks": len(ids), **done, "seconds": round(time.perf_counter() - t0, 4)}
+
+
 def _complete_flow_store(plan: Plan) -> FlowStore:
     if not exists(plan.flows_uri):
         raise StagingError(f"Expected the flow store of this plan at {plan.flows_uri}. Got nothing there: run "
@@ -311,11 +513,8 @@ def _complete_flow_store(plan: Plan) -> FlowStore:
 def _follow_some(plan: Plan, store: FlowStore, niter: int, ids: Sequence[int]) -> dict:
     """The trajectories (``niter`` steps) of blocks ``ids``: their end points into the plan's ``flows-ends``."""
     s = plan.flows_settings()
-    grid = [_bounds(plan, b) for b in range(plan.n_blocks)]
-    if block_grid(plan.shape, plan.block_shape) != grid:  # masks_blockwise cuts the same cores
-        raise AssertionError("the plan's cores are not the regular grid of its block shape")
-    plan.flows_ends.mkdir(parents=True, exist_ok=True)
-    files = EndPointFiles(plan.flows_ends, plan.hash, store.store_id)
+    grid = _grid(plan)
+    files = _files(plan, store)
     done = follow_blocks(store.dP, store.cellprob, ids, grid, files, installed_dynamics(), halo=plan.halo, niter=niter,
                          cellprob_threshold=s["cellprob_threshold"])
     log.info("followed the trajectories of %d blocks (%d kept from an earlier follow) -> %s", done["followed"],

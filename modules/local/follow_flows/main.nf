@@ -1,10 +1,11 @@
-// follow-flows (the flows rule): Cellpose's dynamics on the complete flow store
-// of one plan -- the end points the FOLLOW_BLOCKS tasks left (a block without
-// them is followed here), seeds found in the histogram of end points of the
-// whole image, Cellpose's mask filters on whole objects -- into the staging
-// labels, lut.zarr (as resolve writes it, so apply-lut and finalize work as
-// for any rule) and resolve.json; also creates the (partial) output array and
-// removes the end points it consumed. On the CPU; an incomplete flow store is
+// follow-flows (the flows rule): the end of Cellpose's dynamics on the complete
+// flow store of one plan -- Cellpose's mask filters on whole objects, from the
+// per-object stats of every block that the ASSIGN_BLOCKS tasks left (what no
+// task did is done here) and crops of single objects -- into lut.zarr (as
+// resolve writes it, so apply-lut and finalize work as for any rule; the few
+// voxels of filled holes are written into the staging labels) and
+// resolve.json; also creates the (partial) output array and removes the end
+// points and stats it consumed. On the CPU; an incomplete flow store is
 // refused.
 process FOLLOW_FLOWS {
     tag "${meta.id}"
@@ -16,7 +17,7 @@ process FOLLOW_FLOWS {
     container "${params.container_gpu}"
 
     input:
-    tuple val(meta), path(plan), path(followed), val(estimate)
+    tuple val(meta), path(plan), path(assigned), val(estimate)
 
     output:
     tuple val(meta), path("lut.zarr")                                               , emit: lut
