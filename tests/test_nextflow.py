@@ -233,6 +233,21 @@ def test_bad_input_fails_once_without_retry(nextflow, tmp_path):
     assert not (outdir / "example" / "labels.zarr").exists()
 
 
+def test_each_task_gives_zarr_the_cores_it_asked_for(nextflow, tmp_path):
+    """The local executor does not pin a task to its cores (each one may run on
+    all of the node's): every step sizes zarr's codec thread pool from the
+    cores its task asked for -- 1 each under -profile test -- not from the
+    node's, so that tasks side by side do not oversubscribe it."""
+    launch, outdir = tmp_path / "launch", tmp_path / "results"
+    ok(nextflow(launch, "-profile", "test", "--outdir", outdir, "--backend", "callable",
+                "--function", f"{SEGMENTERS}:zarr_threads", "--kwargs", json.dumps({"expected": 1})))
+    assert summary_of(outdir, "example")["objects"] > 0
+    scripts = [run.read_text() for run in launch.glob("work/*/*/.command.sh")]
+    steps = [s for s in scripts if "pystitch example" not in s and "find parts/" not in s]
+    assert len(steps) >= 5 and all("export ZARR_THREADING__MAX_WORKERS=${ZARR_THREADING__MAX_WORKERS:-1}" in s
+                                   for s in steps)
+
+
 # --------------------------------------------------------------------------- stub run, static gate, profiles
 
 

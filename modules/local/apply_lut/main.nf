@@ -25,6 +25,8 @@ process APPLY_LUT {
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('apply-lut'), task.ext.args ].findAll { a -> a }.join(' ')
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     apply-lut \\
         ${plan} \\
         --blocks '${blocks}' \\

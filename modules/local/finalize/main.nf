@@ -29,6 +29,8 @@ process FINALIZE {
         // an object-store --outdir: finalize publishes there itself (root metadata and summary.json last);
         // the task keeps the label image's URL and a copy of the summary
         """
+        # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+        export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
         mkdir -p ${meta.id}/labels_report
         pystitch finalize \\
             ${plan} \\
@@ -42,6 +44,8 @@ process FINALIZE {
         """
     } else {
         """
+        # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+        export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
         mkdir -p ${meta.id}
         pystitch finalize \\
             ${plan} \\

@@ -31,6 +31,8 @@ process FOLLOW_BLOCKS {
     def ids  = blocks.toString().tokenize(',-')
     def name = String.format('follow-%06d-%06d.json', ids.first() as long, ids.last() as long)
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     follow-flows \\
         ${plan} \\
         --blocks '${blocks}' \\

@@ -31,6 +31,8 @@ process FOLLOW_FLOWS {
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('follow-flows'), task.ext.args ].findAll { a -> a }.join(' ')
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     follow-flows \\
         ${plan} \\
         --out lut.zarr \\

@@ -33,6 +33,8 @@ process PLAN_BLOCKS {
     def remoteStaging = params.staging_dir && params.staging_dir.toString() ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/
     def stores = remoteStaging ? "--store-dir '${params.staging_dir.toString().replaceAll('/+$', '')}/${work_dir.toString().tokenize('/').last()}'" : ''
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     plan=\$(
         plan-blocks \\
             "${source}" \\

@@ -21,6 +21,8 @@ process RESOLVE {
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('resolve'), task.ext.args ].findAll { a -> a }.join(' ')
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     resolve \\
         ${plan} \\
         --manifests ${manifests} \\

@@ -28,6 +28,8 @@ process SEED_FLOWS {
     // the step's options from the parameters (meta.args, built from nextflow_schema.json), then ext.args
     def args = [ meta.args?.get('seed-flows'), task.ext.args ].findAll { a -> a }.join(' ')
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     seed-flows \\
         ${plan} \\
         ${args} \\

@@ -29,6 +29,8 @@ process SEGMENT_BLOCK {
     def ids  = blocks.toString().tokenize(',-')
     def name = String.format('manifests-%06d-%06d.jsonl', ids.first() as long, ids.last() as long)
     """
+    # zarr's codec threads: the cores this task asked for (an executor may not pin it to them)
+    export ZARR_THREADING__MAX_WORKERS=\${ZARR_THREADING__MAX_WORKERS:-${task.cpus}}
     segment-block \\
         ${plan} \\
         --blocks '${blocks}' \\
