@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -305,3 +307,48 @@ def test_label_foreground_long_runs_and_diagonals():
         np.testing.assert_array_equal(got, want)
     with pytest.raises(InputError, match="boolean mask"):
         label_foreground(mask.astype(np.uint8), 1, core)
+
+
+# --------------------------------------------------------------------------- threshold foreground
+
+INTS = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+
+
+@SETTINGS
+@given(st.sampled_from(INTS), st.data(), st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-300.5, 300.5),
+    st.integers(-2 ** 64, 2 ** 64).map(float),
+    st.sampled_from([-0.5, 0.0, 0.5, 254.5, 255.0, 2.0 ** 53, 2.0 ** 60 + 2 ** 8, 2.0 ** 63, -2.0 ** 63 - 4096, 2.0 ** 64])))
+def test_threshold_foreground_is_exact_for_integer_images(dtype, data, threshold):
+    """The threshold backend's foreground of an integer block, compared in the
+    block's own type, is exactly ``value > threshold`` as Python compares an
+    integer with a float (no rounding of either), at the type's limits too."""
+    from pystitch.backends.threshold import above
+
+    info = np.iinfo(dtype)
+    near = [math.floor(threshold), math.floor(threshold) + 1, math.ceil(threshold)]  # where rounding would show
+    edges = [info.min, info.max] + [min(max(v, info.min), info.max) for v in near]
+    values = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+                                  elements=st.one_of(st.integers(info.min, info.max), st.sampled_from(edges))))
+    got = above(values, threshold)
+    expected = np.array([int(v) > threshold for v in values.ravel().tolist()], dtype=bool).reshape(values.shape)
+    assert got.dtype == bool and got.shape == values.shape
+    np.testing.assert_array_equal(got, expected)
+    floats = values.astype(np.float64)
+    np.testing.assert_array_equal(above(floats, threshold), floats > threshold)  # other types: numpy's comparison
+
+
+@pytest.mark.parametrize("dtype, values, threshold", [
+    (np.int64, [2 ** 53, 2 ** 53 + 1, 2 ** 53 + 2], 2.0 ** 53),
+    (np.uint64, [2 ** 60 + 2 ** 8, 2 ** 60 + 2 ** 8 + 1, 2 ** 64 - 1], 2.0 ** 60 + 2 ** 8),
+    (np.uint8, [0, 1, 255], -1e300),
+    (np.int16, [-32768, 0, 32767], 1e300),
+])
+def test_threshold_foreground_does_not_round_large_integers(dtype, values, threshold):
+    """Integers beyond 2**53 are not rounded to the threshold (numpy's own
+    comparison with a float converts them and calls 2**53 + 1 > 2**53 false)."""
+    from pystitch.backends.threshold import above
+
+    data = np.array(values, dtype=dtype)
+    np.testing.assert_array_equal(above(data, threshold), [v > threshold for v in values])

@@ -10,6 +10,7 @@ smoothed values of the block are those of the whole image, which makes the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,23 @@ def otsu_threshold(values: np.ndarray, bins: int = 1024) -> float:
     mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
     between = w0 * w1 * (mean0 - mean1) ** 2
     return float(centers[int(np.argmax(between[:-1]))])
+
+
+def above(data: np.ndarray, threshold: float) -> np.ndarray:
+    """``data > threshold``, for integer data compared in its own type: an
+    integer is above ``threshold`` exactly when it is above its floor, so no
+    voxel is converted to float64 (numpy would convert the whole block, eight
+    bytes a voxel, and round integers beyond 2**53).  Other data: numpy's
+    comparison."""
+    if data.dtype.kind not in "iu":
+        return data > threshold
+    info = np.iinfo(data.dtype)
+    cut = math.floor(threshold)
+    if cut < info.min:
+        return np.ones(data.shape, dtype=bool)
+    if cut >= info.max:
+        return np.zeros(data.shape, dtype=bool)
+    return data > data.dtype.type(cut)
 
 
 @register
@@ -124,7 +142,7 @@ class ThresholdBackend(Backend):
 
             data = ndimage.gaussian_filter(data.astype(SMOOTH_DTYPE, copy=False), self.sigma,
                                            truncate=self.truncate, mode="reflect")
-        return data[crop] > self.threshold
+        return above(data[crop], self.threshold)
 
     def segment(self, data: np.ndarray, crop: tuple[slice, ...], ctx: SegmentationContext) -> np.ndarray:
         from scipy import ndimage
