@@ -138,12 +138,16 @@ def regions_columns(merged: dict[str, Any], axes: str, voxel_size: tuple[float, 
 def write_csv(path: str | os.PathLike, cols: dict[str, np.ndarray]) -> Path:
     path = Path(path)
     names = list(cols)
-    fmt = [(lambda v: repr(float(v))) if np.asarray(cols[n]).dtype.kind == "f" else str for n in names]
+    # column by column from Python values (``tolist``): floats as repr (the shortest text that reads
+    # back the same value), the rest as str; no numpy scalar made per cell
+    text = []
+    for n in names:
+        values = np.asarray(cols[n])
+        text.append(list(map(repr if values.dtype.kind == "f" else str, values.tolist())))
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(names)
-        for row in zip(*(cols[n] for n in names)):
-            w.writerow([f(v) for f, v in zip(fmt, row)])
+        w.writerows(zip(*text))
     return path
 
 
